@@ -1,0 +1,63 @@
+//! The daemon: shared state, startup checks, and the server task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::streams::Registry;
+use crate::templates::Templates;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub templates: Arc<Templates>,
+    pub registry: Arc<Registry>,
+    /// Free transcode slots (`--max-transcodes`).
+    pub transcodes: Arc<Semaphore>,
+    /// Free client slots (`--max-clients`).
+    pub clients: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+}
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub task: JoinHandle<()>,
+}
+
+/// Checks the templates, binds the listener and starts serving. GStreamer must be initialised.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
+    let templates = Arc::new(Templates::load(config.pipelines_dir.as_deref(), &config.encode)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+    let state = Arc::new(AppState {
+        templates,
+        registry: Registry::new(config.max_streams),
+        transcodes: Arc::new(Semaphore::new(config.max_transcodes)),
+        clients: Arc::new(Semaphore::new(config.max_clients)),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let router = crate::http::router(state.clone());
+    let task = tokio::spawn(crate::http::serve(listener, router, shutdown, state.config.send_buffer));
+    tracing::info!(%addr, "transcast listening");
+    Ok(Running { addr, state, task })
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let running = start(config, shutdown).await?;
+    let _ = running.task.await;
+    Ok(())
+}

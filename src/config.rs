@@ -1,0 +1,256 @@
+//! Runtime configuration: the `serve` command line, with every limit named and documented, and the
+//! values the pipeline templates are filled with.
+//!
+//! Defaults are embedded, so `transcast serve` with no options is a working daemon on 127.0.0.1:8080.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Where a new HTTP client starts reading a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum JoinMode {
+    /// Header, then the cached group of pictures since the last keyframe: playback starts at once.
+    #[default]
+    Gop,
+    /// Header, then wait for the next keyframe cluster: lowest latency, slower start.
+    Live,
+}
+
+/// Options of `transcast serve`. Each field documents its default; `--help` prints the same text.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "TRANSCAST_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Directory of pipeline templates (`*.pipeline`) that override the embedded ones, file by file.
+    #[arg(long, env = "TRANSCAST_PIPELINES")]
+    pub pipelines: Option<PathBuf>,
+
+    /// Where new clients start: `gop` (cached keyframe group, instant start) or `live` (next keyframe).
+    #[arg(long, value_enum, default_value_t = JoinMode::Gop)]
+    pub join: JoinMode,
+
+    /// Seconds a client may stay behind the live edge before it is disconnected. A client that falls
+    /// behind is first moved forward to the newest keyframe cluster.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_lag: f64,
+
+    /// Maximum number of concurrently pushed streams (503 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_streams: usize,
+
+    /// Maximum number of concurrent GET clients over all streams (503 beyond).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Maximum number of concurrently transcoding streams (503 beyond). Passthrough streams do not count.
+    /// Default: twice the number of CPUs.
+    #[arg(long)]
+    pub max_transcodes: Option<usize>,
+
+    /// Seconds a source may send nothing before its stream is ended, so a dead source frees its name.
+    #[arg(long, default_value_t = 10.0)]
+    pub source_timeout: f64,
+
+    /// Pace input that arrives faster than real time (a file upload) to real time. `--no-pace` turns it
+    /// off (output as fast as the input comes; useful for tests and batch conversion).
+    #[arg(long = "no-pace", action = clap::ArgAction::SetFalse)]
+    pub pace: bool,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Byte cap of the keyframe group cached for joiners; a stream whose group is larger makes new
+    /// clients wait for the next keyframe instead.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_gop_bytes: usize,
+
+    /// Kernel send buffer (SO_SNDBUF) of each accepted connection, bytes; 0 keeps the system default.
+    /// Bounds the socket memory a client that stops reading can pin.
+    #[arg(long, default_value_t = 0)]
+    pub send_buffer: usize,
+}
+
+/// Transcode settings, shared by `serve` and `pipeline`.
+#[derive(Debug, Clone, Args)]
+pub struct EncodeArgs {
+    /// Largest output width of a transcode; larger input is scaled down keeping its aspect ratio.
+    #[arg(long, default_value_t = 1280)]
+    pub max_width: u32,
+
+    /// Largest output height of a transcode.
+    #[arg(long, default_value_t = 720)]
+    pub max_height: u32,
+
+    /// Highest output frame rate of a transcode; faster input drops frames.
+    #[arg(long, default_value_t = 30)]
+    pub max_fps: u32,
+
+    /// VP8 target bitrate of a transcode, kbit/s.
+    #[arg(long, default_value_t = 1500)]
+    pub video_kbps: u32,
+
+    /// Seconds between forced keyframes of a transcode (joiners wait at most this long with `--join live`).
+    #[arg(long, default_value_t = 1.0)]
+    pub keyframe_interval: f64,
+
+    /// Vorbis quality of a transcode, -0.1 to 1.0.
+    #[arg(long, default_value_t = 0.3)]
+    pub audio_quality: f64,
+
+}
+
+impl EncodeArgs {
+    pub fn settings(&self) -> Result<EncodeSettings, String> {
+        if !(16..=7680).contains(&self.max_width) || !(16..=4320).contains(&self.max_height) {
+            return Err("--max-width/--max-height must be within 16..7680 x 16..4320".into());
+        }
+        if !(1..=240).contains(&self.max_fps) {
+            return Err("--max-fps must be within 1..240".into());
+        }
+        if !(-0.1..=1.0).contains(&self.audio_quality) {
+            return Err("--audio-quality must be within -0.1..1.0".into());
+        }
+        if !(self.keyframe_interval.is_finite() && self.keyframe_interval > 0.0 && self.keyframe_interval <= 60.0) {
+            return Err("--keyframe-interval must be within 0..60 seconds".into());
+        }
+        Ok(EncodeSettings {
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_fps: self.max_fps,
+            video_kbps: self.video_kbps.clamp(50, 50_000),
+            keyframe_interval: self.keyframe_interval,
+            audio_quality: self.audio_quality,
+        })
+    }
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Wrapper::parse_from(["transcast"]).args
+    }
+}
+
+/// Validated configuration handed to [`crate::app`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub pipelines_dir: Option<PathBuf>,
+    pub join: JoinMode,
+    pub max_lag: Duration,
+    pub max_streams: usize,
+    pub max_clients: usize,
+    pub max_transcodes: usize,
+    pub source_timeout: Duration,
+    pub pace: bool,
+    pub encode: EncodeSettings,
+    pub max_gop_bytes: usize,
+    pub send_buffer: usize,
+}
+
+/// The operator-chosen values the templates are filled with (never client input).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeSettings {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_fps: u32,
+    pub video_kbps: u32,
+    pub keyframe_interval: f64,
+    pub audio_quality: f64,
+}
+
+impl Default for EncodeSettings {
+    fn default() -> Self {
+        Config::default().encode
+    }
+}
+
+impl EncodeSettings {
+    /// `{placeholder}` → value pairs for the templates.
+    pub fn placeholders(&self) -> Vec<(&'static str, String)> {
+        let keyframe_frames = ((self.max_fps as f64) * self.keyframe_interval).round().max(1.0) as u32;
+        vec![
+            ("max_width", self.max_width.to_string()),
+            ("max_height", self.max_height.to_string()),
+            ("max_fps", self.max_fps.to_string()),
+            ("video_bitrate", (u64::from(self.video_kbps) * 1000).to_string()),
+            ("keyframe_frames", keyframe_frames.to_string()),
+            ("audio_quality", format!("{:.2}", self.audio_quality)),
+        ]
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_args(ServeArgs::default()).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    pub fn from_args(a: ServeArgs) -> Result<Config, String> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 86_400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!("--{name} must be a positive number of seconds, got {v}"))
+            }
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Config {
+            listen: a.listen,
+            pipelines_dir: a.pipelines,
+            join: a.join,
+            max_lag: secs("max-lag", a.max_lag)?,
+            max_streams: a.max_streams.max(1),
+            max_clients: a.max_clients.max(1),
+            max_transcodes: a.max_transcodes.unwrap_or(2 * cpus),
+            source_timeout: secs("source-timeout", a.source_timeout)?,
+            pace: a.pace,
+            encode: a.encode.settings()?,
+            max_gop_bytes: a.max_gop_bytes,
+            send_buffer: a.send_buffer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_loopback_8080() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.pace);
+        assert_eq!(c.join, JoinMode::Gop);
+        assert_eq!(c.source_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn keyframe_distance_follows_fps_and_interval() {
+        let mut e = Config::default().encode;
+        e.max_fps = 25;
+        e.keyframe_interval = 2.0;
+        let p = e.placeholders();
+        assert!(p.contains(&("keyframe_frames", "50".to_string())));
+    }
+
+    #[test]
+    fn rejects_nonsense_durations() {
+        let a = ServeArgs {
+            max_lag: -1.0,
+            ..ServeArgs::default()
+        };
+        assert!(Config::from_args(a).unwrap_err().contains("max-lag"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The crate's one error type: a kind (which decides the HTTP status and the stable `code`) plus a message
+//! with context (stream name, template, element path).
+//!
+//! Every HTTP error body has one shape: `{"error": {"code": "...", "message": "..."}}`. 5xx bodies carry a
+//! generic message; the detail goes to the log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, as the client should see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Malformed request (bad stream name, bad parameter).
+    BadRequest,
+    /// No such stream.
+    NotFound,
+    /// The stream name is already being pushed.
+    Busy,
+    /// The input is not a container/codec transcast can read.
+    UnsupportedMedia,
+    /// A configured limit (streams, clients, transcodes) is reached.
+    Unavailable,
+    /// A template or pipeline failed for reasons that are not the client's fault.
+    Pipeline,
+    /// Anything else internal.
+    Internal,
+}
+
+impl Kind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Busy => StatusCode::CONFLICT,
+            Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code for the JSON body.
+    pub fn code(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::NotFound => "not_found",
+            Kind::Busy => "stream_busy",
+            Kind::UnsupportedMedia => "unsupported_media",
+            Kind::Unavailable => "limit_reached",
+            Kind::Pipeline => "pipeline_error",
+            Kind::Internal => "internal_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: Kind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(Kind::BadRequest, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, m)
+    }
+    pub fn unsupported(m: impl Into<String>) -> Self {
+        Self::new(Kind::UnsupportedMedia, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, m)
+    }
+    pub fn pipeline(m: impl Into<String>) -> Self {
+        Self::new(Kind::Pipeline, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(Kind::Internal, m)
+    }
+}
+
+impl From<glib::BoolError> for Error {
+    fn from(e: glib::BoolError) -> Self {
+        Error::pipeline(e.to_string())
+    }
+}
+
+impl From<glib::Error> for Error {
+    fn from(e: glib::Error) -> Self {
+        Error::pipeline(e.to_string())
+    }
+}
+
+impl From<gstreamer::StateChangeError> for Error {
+    fn from(e: gstreamer::StateChangeError) -> Self {
+        Error::pipeline(e.to_string())
+    }
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorDetail<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let message = if status.is_server_error() {
+            tracing::error!(code = self.kind.code(), "internal error: {}", self.message);
+            "internal error, see the server log"
+        } else {
+            &self.message
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.kind.code(),
+                message,
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_errors_hide_details() {
+        let resp = Error::pipeline("element /pipeline0/vp8enc0 exploded").into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "pipeline_error");
+        assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
+    }
+
+    #[tokio::test]
+    async fn client_errors_keep_message() {
+        let resp = Error::unsupported("not a media file").into_response();
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unsupported_media");
+        assert_eq!(v["error"]["message"], "not a media file");
+    }
+}

@@ -1,0 +1,686 @@
+//! Per-stream fan-out: one writer (the pipeline's appsink thread), any number of HTTP readers.
+//!
+//! ```text
+//!  appsink ─► Publisher (webm::Scanner) ─► Hub { header, ring of Arc'd chunks, join points } ─► Subscription ×N
+//!                 one chunk per block                 seq: base ............ head                cursor each
+//! ```
+//!
+//! The writer never waits for a reader: publishing is a short critical section (push a `Bytes`, evict the
+//! oldest) and a `watch` bump that wakes readers. Each reader keeps only a cursor (a sequence number) into the
+//! shared ring, so a slow reader costs no memory of its own: when its next chunk is older than
+//! [`Hub::skip_lag`] or already evicted it jumps to the newest join point (a cluster whose first video block is
+//! a keyframe), and a reader that has not caught up with the live edge for `max_lag` is disconnected by the
+//! reaper, which also covers readers that never read at all (their body is never polled).
+//!
+//! Lock order: `inner` and `clients` are never held together; neither is held across an await or a push.
+//! Both are `std::sync::Mutex`: critical sections are a few pointer moves, shorter than a tokio mutex's
+//! own bookkeeping, and never span an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::JoinMode;
+use crate::webm::{self, Chunk, TrackInfo, TrackKind};
+
+/// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
+/// keyframe, while a stream can never hold more than this.
+pub const RING_MAX_BYTES: usize = 24 << 20;
+/// Chunks handed to a reader per lock: enough to drain a keyframe burst quickly, small enough that the
+/// lock stays short.
+const MAX_BATCH: usize = 64;
+/// How often the reaper looks for readers past `max_lag`.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub join: JoinMode,
+    pub max_lag: Duration,
+    pub max_gop_bytes: usize,
+}
+
+/// Counters read by the API and logs.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub clients_now: AtomicUsize,
+    pub clients_total: AtomicU64,
+    /// Times a reader was moved forward to a newer keyframe because it fell behind.
+    pub skips: AtomicU64,
+    /// Readers disconnected for staying behind longer than `max_lag`.
+    pub dropped: AtomicU64,
+    pub bytes_published: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    data: Bytes,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    header: Option<Bytes>,
+    tracks: Vec<TrackInfo>,
+    video_track: Option<u64>,
+    ring: VecDeque<Slot>,
+    /// Sequence number of `ring[0]`.
+    base: u64,
+    bytes: usize,
+    /// Sequence numbers of chunks that open a cluster whose first video block is a keyframe (ascending).
+    joins: VecDeque<u64>,
+    /// The current cluster's first chunk, until its first video block says whether it is a join point.
+    open_cluster: Option<u64>,
+    /// First and latest block timestamps, for the media duration.
+    pts_range: Option<(i64, i64)>,
+    ended: bool,
+}
+
+impl Inner {
+    fn head(&self) -> u64 {
+        self.base + self.ring.len() as u64
+    }
+    fn latest_join_at_or_after(&self, seq: u64) -> Option<u64> {
+        self.joins.back().copied().filter(|&j| j >= seq)
+    }
+    fn bytes_from(&self, seq: u64) -> usize {
+        self.ring.iter().skip((seq - self.base) as usize).map(|s| s.data.len()).sum()
+    }
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    name: String,
+    cfg: HubConfig,
+    inner: Mutex<Inner>,
+    head_tx: watch::Sender<()>,
+    clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
+    next_client: AtomicU64,
+    epoch: Instant,
+    pub stats: HubStats,
+}
+
+#[derive(Debug)]
+struct ClientShared {
+    peer: Option<SocketAddr>,
+    kill: CancellationToken,
+    /// Next sequence number the reader will take.
+    cursor: AtomicU64,
+    /// When the reader last had nothing left to read, ms since the hub's epoch.
+    caught_up_ms: AtomicU64,
+    dropped: AtomicBool,
+}
+
+/// Why a subscription could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The stream ended before it produced a header.
+    Ended,
+    /// No header within the wait.
+    Timeout,
+}
+
+impl Hub {
+    pub fn new(name: &str, cfg: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            name: name.to_string(),
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            head_tx: watch::Sender::new(()),
+            clients: Mutex::new(HashMap::new()),
+            next_client: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stats: HubStats::default(),
+        })
+    }
+
+    fn skip_lag(&self) -> Duration {
+        (self.cfg.max_lag / 2).min(Duration::from_secs(1))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn tracks(&self) -> Vec<TrackInfo> {
+        self.inner.lock().unwrap().tracks.clone()
+    }
+
+    pub fn has_header(&self) -> bool {
+        self.inner.lock().unwrap().header.is_some()
+    }
+
+    /// Number of chunks published so far (0 = no media output yet).
+    pub fn published_chunks(&self) -> u64 {
+        self.inner.lock().unwrap().head()
+    }
+
+    /// Span of the block timestamps published so far.
+    pub fn media_duration(&self) -> Duration {
+        let r = self.inner.lock().unwrap().pts_range;
+        r.map_or(Duration::ZERO, |(a, b)| Duration::from_nanos((b - a).max(0) as u64))
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.inner.lock().unwrap().ended
+    }
+
+    fn publish_header(&self, data: Bytes, tracks: Vec<TrackInfo>) {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            inner.video_track = tracks.iter().find(|t| t.kind == TrackKind::Video).map(|t| t.number);
+            inner.header = Some(data);
+            inner.tracks = tracks;
+        }
+        self.head_tx.send_replace(());
+    }
+
+    fn publish_chunk(&self, chunk: Chunk) {
+        let now = Instant::now();
+        let len = chunk.data.len();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let seq = inner.head();
+            if chunk.cluster_start {
+                match inner.video_track {
+                    Some(_) => inner.open_cluster = Some(seq),
+                    None => inner.joins.push_back(seq),
+                }
+            }
+            if inner.video_track == Some(chunk.block.track) {
+                if let Some(start) = inner.open_cluster.take() {
+                    if chunk.block.keyframe {
+                        inner.joins.push_back(start);
+                    }
+                }
+            }
+            let pts = chunk.block.pts_ns;
+            inner.pts_range = Some(inner.pts_range.map_or((pts, pts), |(a, b)| (a.min(pts), b.max(pts))));
+            inner.ring.push_back(Slot { data: chunk.data, at: now });
+            inner.bytes += len;
+            // Keep `max_lag` of history (readers further back are dropped anyway) and always the newest
+            // keyframe group for joiners, within the byte cap.
+            let keep_for = self.cfg.max_lag + Duration::from_secs(1);
+            while inner.ring.len() > 1 {
+                let front = &inner.ring[0];
+                let too_old = now.duration_since(front.at) > keep_for
+                    && inner.joins.back().is_some_and(|&j| j > inner.base);
+                if inner.bytes <= RING_MAX_BYTES && !too_old {
+                    break;
+                }
+                let slot = inner.ring.pop_front().expect("len > 1");
+                inner.bytes -= slot.data.len();
+                inner.base += 1;
+            }
+            while inner.joins.front().is_some_and(|&j| j < inner.base) {
+                inner.joins.pop_front();
+            }
+        }
+        self.stats.bytes_published.fetch_add(len as u64, Ordering::Relaxed);
+        self.head_tx.send_replace(());
+    }
+
+    /// Marks the end of the stream: readers get what is left, then a clean end of their response.
+    pub fn finish(&self) {
+        self.inner.lock().unwrap().ended = true;
+        self.head_tx.send_replace(());
+    }
+
+    /// Starts a reader: waits (up to `wait`) for the header, then positions it per the join mode.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+        kill: CancellationToken,
+        wait: Duration,
+    ) -> Result<Subscription, SubscribeError> {
+        let mut rx = self.head_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            {
+                let inner = self.inner.lock().unwrap();
+                if inner.header.is_some() {
+                    break;
+                }
+                if inner.ended {
+                    return Err(SubscribeError::Ended);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SubscribeError::Ended),
+                Err(_) => return Err(SubscribeError::Timeout),
+            }
+        }
+        let (cursor, has_video, header) = {
+            let inner = self.inner.lock().unwrap();
+            let head = inner.head();
+            let cursor = match (self.cfg.join, inner.joins.back()) {
+                (JoinMode::Gop, Some(&j)) if inner.bytes_from(j) <= self.cfg.max_gop_bytes => Cursor::At(j),
+                _ => Cursor::WaitJoin(head),
+            };
+            (cursor, inner.video_track.is_some(), inner.header.clone().expect("checked"))
+        };
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(ClientShared {
+            peer,
+            kill,
+            cursor: AtomicU64::new(match cursor {
+                Cursor::At(s) | Cursor::WaitJoin(s) => s,
+            }),
+            caught_up_ms: AtomicU64::new(self.now_ms()),
+            dropped: AtomicBool::new(false),
+        });
+        self.clients.lock().unwrap().insert(id, shared.clone());
+        self.stats.clients_now.fetch_add(1, Ordering::Relaxed);
+        self.stats.clients_total.fetch_add(1, Ordering::Relaxed);
+        let mut pending = VecDeque::with_capacity(8);
+        pending.push_back(header);
+        Ok(Subscription {
+            hub: self.clone(),
+            id,
+            shared,
+            rx,
+            cursor,
+            pending,
+            has_video,
+        })
+    }
+
+    /// Disconnects readers that have been behind the live edge for longer than `max_lag`.
+    /// Returns how many were dropped.
+    pub fn reap(&self) -> usize {
+        let head = self.inner.lock().unwrap().head();
+        let now = self.now_ms();
+        let max_lag = self.cfg.max_lag.as_millis() as u64;
+        let late: Vec<Arc<ClientShared>> = self
+            .clients
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| {
+                c.cursor.load(Ordering::Relaxed) < head
+                    && now.saturating_sub(c.caught_up_ms.load(Ordering::Relaxed)) > max_lag
+                    && !c.dropped.swap(true, Ordering::Relaxed)
+            })
+            .cloned()
+            .collect();
+        for c in &late {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stream = %self.name,
+                peer = ?c.peer,
+                behind_chunks = head - c.cursor.load(Ordering::Relaxed),
+                "client behind the live edge for more than {:?}: disconnected",
+                self.cfg.max_lag
+            );
+            c.kill.cancel();
+        }
+        late.len()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().unwrap().len()
+    }
+
+    /// Runs the reaper until the stream has ended and its last reader is gone.
+    pub async fn run_reaper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REAP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.is_ended() && self.client_count() == 0 {
+                break;
+            }
+            self.reap();
+        }
+    }
+}
+
+/// Feeds muxer output into a hub. Owned by the appsink callback (one streaming thread).
+#[derive(Debug)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+    scanner: webm::Scanner,
+}
+
+impl Publisher {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Publisher {
+            hub,
+            scanner: webm::Scanner::new(),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Result<(), webm::ScanError> {
+        let hub = &self.hub;
+        self.scanner.push(data, |ev| match ev {
+            webm::Event::Header { data, tracks } => hub.publish_header(data, tracks),
+            webm::Event::Chunk(c) => hub.publish_chunk(c),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Next chunk to send.
+    At(u64),
+    /// Waiting for a join point at or after this sequence number.
+    WaitJoin(u64),
+}
+
+/// One reader's position in a hub; unregisters on drop (hyper drops the body when the client goes away).
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    shared: Arc<ClientShared>,
+    rx: watch::Receiver<()>,
+    cursor: Cursor,
+    pending: VecDeque<Bytes>,
+    has_video: bool,
+}
+
+enum Fill {
+    Data,
+    Wait,
+    End,
+}
+
+impl Subscription {
+    /// Whether the stream has a video track (`video/webm`) or is audio-only (`audio/webm`).
+    pub fn has_video(&self) -> bool {
+        self.has_video
+    }
+
+    /// The token that ends this reader (its connection's).
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.shared.kill
+    }
+
+    /// Next bytes to write: the header first, then chunks; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                self.hub.stats.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                return Some(b);
+            }
+            self.rx.borrow_and_update();
+            match self.fill() {
+                Fill::Data => {}
+                Fill::End => return None,
+                Fill::Wait => {
+                    if self.rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fill(&mut self) -> Fill {
+        let hub = &self.hub;
+        let now = Instant::now();
+        let inner = hub.inner.lock().unwrap();
+        let head = inner.head();
+        let mut cursor = match self.cursor {
+            Cursor::At(s) => s,
+            Cursor::WaitJoin(after) => match inner.latest_join_at_or_after(after) {
+                Some(j) => j,
+                None => {
+                    self.shared.cursor.store(head, Ordering::Relaxed);
+                    self.shared.caught_up_ms.store(hub.now_ms(), Ordering::Relaxed);
+                    self.cursor = Cursor::WaitJoin(head.max(after));
+                    return if inner.ended { Fill::End } else { Fill::Wait };
+                }
+            },
+        };
+        let behind = cursor < inner.base
+            || (cursor < head && now.duration_since(inner.ring[(cursor - inner.base) as usize].at) > hub.skip_lag());
+        if behind {
+            if let Some(j) = inner.latest_join_at_or_after(cursor.max(inner.base)).filter(|&j| j > cursor) {
+                hub.stats.skips.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(stream = %hub.name, peer = ?self.shared.peer, skipped = j - cursor, "client behind: moved to the newest keyframe");
+                cursor = j;
+            } else if cursor < inner.base {
+                // Its data is gone and no keyframe follows yet: wait for the next one.
+                hub.stats.skips.fetch_add(1, Ordering::Relaxed);
+                self.cursor = Cursor::WaitJoin(head);
+                drop(inner);
+                return self.fill();
+            }
+        }
+        while cursor < head && self.pending.len() < MAX_BATCH {
+            self.pending.push_back(inner.ring[(cursor - inner.base) as usize].data.clone());
+            cursor += 1;
+        }
+        self.cursor = Cursor::At(cursor);
+        self.shared.cursor.store(cursor, Ordering::Relaxed);
+        if cursor == head {
+            self.shared.caught_up_ms.store(hub.now_ms(), Ordering::Relaxed);
+        }
+        if !self.pending.is_empty() {
+            Fill::Data
+        } else if inner.ended {
+            Fill::End
+        } else {
+            Fill::Wait
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.clients.lock().unwrap().remove(&self.id);
+        self.hub.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webm::build::*;
+
+    fn hub(join: JoinMode, max_lag_ms: u64) -> Arc<Hub> {
+        Hub::new(
+            "t",
+            HubConfig {
+                join,
+                max_lag: Duration::from_millis(max_lag_ms),
+                max_gop_bytes: 1 << 20,
+            },
+        )
+    }
+
+    fn header(video: bool) -> Vec<u8> {
+        let mut s = element(0x1A45_DFA3, &[]);
+        s.extend(open(0x1853_8067));
+        let mut t = uint(0xD7, 1);
+        t.extend(uint(0x83, if video { 1 } else { 2 }));
+        let mut t2 = uint(0xD7, 2);
+        t2.extend(uint(0x83, 2));
+        let mut tracks = element(0xAE, &t);
+        if video {
+            tracks.extend(element(0xAE, &t2));
+        }
+        s.extend(element(0x1654_AE6B, &tracks));
+        s
+    }
+
+    fn cluster(tc: u64) -> Vec<u8> {
+        let mut c = open(0x1F43_B675);
+        c.extend(uint(0xE7, tc));
+        c
+    }
+
+    fn block(track: u8, key: bool, tag: u8) -> Vec<u8> {
+        element(0xA3, &[0x80 | track, 0, 0, if key { 0x80 } else { 0 }, tag])
+    }
+
+    /// Header, then `gops` clusters of an audio block, a video keyframe and two delta frames.
+    fn publish_gops(p: &mut Publisher, first: u64, gops: u64) {
+        for g in first..first + gops {
+            let mut c = cluster(g * 1000);
+            c.extend(block(2, true, g as u8));
+            p.push(&c).unwrap();
+            p.push(&block(1, true, g as u8)).unwrap();
+            p.push(&block(1, false, g as u8)).unwrap();
+            p.push(&block(1, false, g as u8)).unwrap();
+        }
+    }
+
+    async fn read_available(s: &mut Subscription) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(20), s.next()).await {
+            out.push(b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn gop_joiner_gets_header_then_last_keyframe_cluster() {
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 3);
+        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        assert!(s.has_video());
+        let got = read_available(&mut s).await;
+        assert_eq!(got[0].as_ref(), header(true).as_slice());
+        // The cluster of GOP 2 (audio first, then the keyframe) and its two deltas.
+        assert_eq!(got.len(), 1 + 4);
+        assert!(got[1].starts_with(&[0x1F, 0x43, 0xB6, 0x75]));
+        assert_eq!(*got[1].last().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn live_joiner_waits_for_the_next_keyframe_cluster() {
+        let h = hub(JoinMode::Live, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 2);
+        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(read_available(&mut s).await.len(), 1, "header only");
+        publish_gops(&mut p, 2, 1);
+        let got = read_available(&mut s).await;
+        assert_eq!(got.len(), 4);
+        assert!(got[0].starts_with(&[0x1F, 0x43, 0xB6, 0x75]));
+    }
+
+    #[tokio::test]
+    async fn cluster_whose_first_video_block_is_delta_is_no_join_point() {
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        // A forced cluster that starts mid-GOP.
+        let mut c = cluster(5000);
+        c.extend(block(1, false, 9));
+        p.push(&c).unwrap();
+        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let got = read_available(&mut s).await;
+        assert_eq!(got.len(), 1 + 5, "joins at GOP 0, not at the delta cluster");
+    }
+
+    #[tokio::test]
+    async fn audio_only_streams_join_at_any_cluster() {
+        let h = hub(JoinMode::Live, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(false)).unwrap();
+        // The header is complete only once the first cluster starts.
+        let mut c = cluster(0);
+        c.extend(block(1, true, 1));
+        p.push(&c).unwrap();
+        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        assert!(!s.has_video());
+        let mut c = cluster(1000);
+        c.extend(block(1, true, 2));
+        c.extend(block(1, true, 3));
+        p.push(&c).unwrap();
+        assert_eq!(read_available(&mut s).await.len(), 3, "header, then the next cluster's two blocks");
+    }
+
+    #[tokio::test]
+    async fn finish_ends_readers_cleanly() {
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        h.finish();
+        let mut n = 0;
+        while s.next().await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        drop(s);
+        assert_eq!(h.client_count(), 0);
+        assert_eq!(h.stats.clients_now.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn subscribe_to_a_stream_that_ends_without_header_fails() {
+        let h = hub(JoinMode::Gop, 5000);
+        let h2 = h.clone();
+        tokio::spawn(async move { h2.finish() });
+        let r = h.subscribe(None, CancellationToken::new(), Duration::from_secs(5)).await;
+        assert_eq!(r.unwrap_err(), SubscribeError::Ended);
+    }
+
+    #[tokio::test]
+    async fn lagging_reader_skips_to_newest_keyframe_then_is_reaped() {
+        let h = hub(JoinMode::Gop, 300);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let kill = CancellationToken::new();
+        let mut slow = h.subscribe(None, kill.clone(), Duration::from_secs(1)).await.unwrap();
+        let mut fast = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        assert!(slow.next().await.is_some(), "header");
+        assert!(slow.next().await.is_some(), "first chunk of GOP 0");
+        read_available(&mut fast).await;
+        publish_gops(&mut p, 1, 1);
+        read_available(&mut fast).await;
+        std::thread::sleep(Duration::from_millis(200)); // GOP 1 is now older than skip_lag (150 ms)
+        publish_gops(&mut p, 2, 1);
+        read_available(&mut fast).await;
+        let got = read_available(&mut slow).await;
+        // The rest of the batch it already holds (3 chunks), then GOP 2's cluster: GOP 1 skipped.
+        assert_eq!(got.len(), 3 + 4);
+        assert_eq!(*got[3].last().unwrap(), 2);
+        assert_eq!(h.stats.skips.load(Ordering::Relaxed), 1);
+        // Now it stops reading while the stream goes on: after max_lag it is reaped; the reader that
+        // keeps up is not.
+        std::thread::sleep(Duration::from_millis(350));
+        publish_gops(&mut p, 3, 1);
+        read_available(&mut fast).await;
+        assert_eq!(h.reap(), 1);
+        assert!(kill.is_cancelled());
+        assert_eq!(h.stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(h.reap(), 0, "counted once");
+    }
+
+    #[tokio::test]
+    async fn ring_is_bounded_by_bytes() {
+        let h = hub(JoinMode::Gop, 60_000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        let big = vec![0u8; 1 << 20];
+        for i in 0..(RING_MAX_BYTES / big.len() + 10) {
+            let mut c = cluster(i as u64);
+            let mut payload = vec![0x81, 0, 0, 0x80];
+            payload.extend_from_slice(&big);
+            c.extend(element(0xA3, &payload));
+            p.push(&c).unwrap();
+        }
+        let inner = h.inner.lock().unwrap();
+        assert!(inner.bytes <= RING_MAX_BYTES);
+        assert!(inner.joins.front().is_none_or(|&j| j >= inner.base));
+    }
+}

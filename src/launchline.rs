@@ -1,0 +1,106 @@
+//! `transcast pipeline --input FILE`: the gst-launch-1.0 line equivalent to the pipeline a push of FILE
+//! gets, so any stream can be reproduced and debugged by hand (`--run` runs it in-process).
+//!
+//! The daemon links branches in code as pads appear; gst-launch links them by name or caps instead
+//! (`demux.video_0`, `demux. ! video/x-raw`), which is only safe once the tracks are known, so the file is
+//! discovered first and only the tracks the daemon would use get a branch.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer_pbutils as pbutils;
+use pbutils::prelude::*;
+
+use crate::detect::{self, Probe};
+use crate::error::{Error, Result};
+use crate::templates::{Part, Templates};
+
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchLine {
+    /// The pipeline description (what `gst::parse::launch` takes).
+    pub description: String,
+}
+
+impl LaunchLine {
+    /// The line to paste into a shell.
+    pub fn shell(&self) -> String {
+        format!("gst-launch-1.0 -e '{}'", self.description.replace('\'', r"'\''"))
+    }
+
+    /// Runs it to the end; returns the first error.
+    pub fn run(&self) -> Result<()> {
+        let pipeline = gst::parse::launch(&self.description)
+            .map_err(|e| Error::pipeline(format!("parsing the launch line: {e}")))?;
+        pipeline.set_state(gst::State::Playing)?;
+        let bus = pipeline.bus().expect("pipeline has a bus");
+        let result = loop {
+            let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::NONE, &[gst::MessageType::Eos, gst::MessageType::Error])
+            else {
+                break Ok(());
+            };
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    let path = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    break Err(Error::pipeline(format!("{path}: {}", e.error())));
+                }
+                _ => break Ok(()),
+            }
+        };
+        let _ = pipeline.set_state(gst::State::Null);
+        result
+    }
+}
+
+fn quote(path: &Path) -> String {
+    format!("\"{}\"", path.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Builds the line for `input`, writing WebM to `output`.
+pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<LaunchLine> {
+    let input = std::fs::canonicalize(input).map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
+    let data = std::fs::read(&input).map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
+    let head = &data[..data.len().min(detect::MAX_PROBE_BYTES)];
+    let detected = match detect::probe(head, true) {
+        Probe::Found(d) => d,
+        Probe::Unsupported(m) => return Err(Error::unsupported(m)),
+        Probe::NeedMore => unreachable!("complete input is always decided"),
+    };
+    let uri = glib::filename_to_uri(&input, None).map_err(|e| Error::bad_request(e.to_string()))?;
+    let discoverer = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(DISCOVER_TIMEOUT.as_nanos() as u64))?;
+    let info = discoverer
+        .discover_uri(&uri)
+        .map_err(|e| Error::unsupported(format!("discovering {}: {e}", input.display())))?;
+    let codec = |s: &pbutils::DiscovererStreamInfo| {
+        s.caps().and_then(|c| c.structure(0).map(|s| s.name().to_string())).unwrap_or_default()
+    };
+    let video = info.video_streams().first().map(|s| codec(s.upcast_ref()));
+    let audio = info.audio_streams().first().map(|s| codec(s.upcast_ref()));
+    if video.is_none() && audio.is_none() {
+        return Err(Error::unsupported("the input has no audio or video track"));
+    }
+
+    let matroska = detected.container.is_matroska();
+    let front = templates.text(if matroska { Part::DemuxMatroska } else { Part::Decode });
+    let mut d = format!("filesrc location={} ! {front} name=demux", quote(&input));
+    for (codec, is_video) in [(video, true), (audio, false)] {
+        let Some(codec) = codec else { continue };
+        let kind = if is_video { "video" } else { "audio" };
+        let web = matches!(codec.as_str(), "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus");
+        let (pass, enc) = if is_video {
+            (Part::VideoPassthrough, Part::VideoEncode)
+        } else {
+            (Part::AudioPassthrough, Part::AudioEncode)
+        };
+        let branch = match (matroska, web) {
+            (true, true) => format!("demux.{kind}_0 ! {}", templates.text(pass)),
+            (true, false) => format!("demux.{kind}_0 ! {} ! {}", templates.text(Part::Decode), templates.text(enc)),
+            (false, _) => format!("demux. ! {kind}/x-raw ! {}", templates.text(enc)),
+        };
+        d.push_str(&format!("  {branch} ! mux."));
+    }
+    d.push_str(&format!("  {} name=mux ! filesink location={}", templates.text(Part::Mux), quote(output)));
+    Ok(LaunchLine { description: d })
+}

@@ -1,0 +1,34 @@
+//! transcast: a live media transcoding proxy. Sources push any container over HTTP; each stream runs through
+//! its own GStreamer pipeline (passthrough remux for WebM with web codecs, VP8/Vorbis transcode otherwise) and
+//! is fanned out as live WebM to any number of HTTP clients.
+//!
+//! # Layout
+//! - [`app`]: shared state, startup checks (templates, listener), the server task.
+//! - [`config`]: the command line, every limit with its default, values the templates are filled with.
+//! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
+//! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown).
+//! - [`ingest`]: `PUT`/`POST /live/{name}`: checks, typefind, feeding the pipeline, the push summary.
+//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response.
+//! - [`detect`]: typefind of the first bytes, supported containers, the MP4 `moov` check.
+//! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
+//! - [`pipeline`]: one stream's pipeline, linked around dynamic pads; pacing and frame-drop probes.
+//! - [`pacing`]: real-time pacing of input that arrives too fast, without letting delay pile up.
+//! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
+//! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
+//! - [`streams`]: registry of live streams (name → entry), name rules, 409/503 on push.
+//! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
+
+pub mod app;
+pub mod config;
+pub mod detect;
+pub mod egress;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod launchline;
+pub mod pacing;
+pub mod pipeline;
+pub mod streams;
+pub mod templates;
+pub mod webm;

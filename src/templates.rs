@@ -1,0 +1,245 @@
+//! Pipeline templates: gst-launch fragments in `pipelines/`, embedded in the binary and overridable file by
+//! file with `--pipelines DIR`.
+//!
+//! A template may use `{placeholder}`s filled from operator settings ([`EncodeSettings`]); client input is
+//! never put into a launch string. Every template is instantiated once at startup, so one that does not
+//! parse or names an element that is not installed stops the daemon with that element's name.
+
+use std::path::Path;
+
+use gstreamer as gst;
+use gst::prelude::*;
+
+use crate::config::EncodeSettings;
+use crate::error::{Error, Result};
+
+/// The parts a stream's pipeline is assembled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// One element with dynamic raw pads, for every non-Matroska input.
+    Decode,
+    /// One element with dynamic encoded pads, for Matroska/WebM input.
+    DemuxMatroska,
+    VideoEncode,
+    AudioEncode,
+    VideoPassthrough,
+    AudioPassthrough,
+    /// One element with `video_%u`/`audio_%u` request pads.
+    Mux,
+}
+
+impl Part {
+    pub const ALL: [Part; 7] = [
+        Part::Decode,
+        Part::DemuxMatroska,
+        Part::VideoEncode,
+        Part::AudioEncode,
+        Part::VideoPassthrough,
+        Part::AudioPassthrough,
+        Part::Mux,
+    ];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Part::Decode => "decode.pipeline",
+            Part::DemuxMatroska => "demux-matroska.pipeline",
+            Part::VideoEncode => "video-encode.pipeline",
+            Part::AudioEncode => "audio-encode.pipeline",
+            Part::VideoPassthrough => "video-passthrough.pipeline",
+            Part::AudioPassthrough => "audio-passthrough.pipeline",
+            Part::Mux => "mux.pipeline",
+        }
+    }
+
+    fn embedded(self) -> &'static str {
+        match self {
+            Part::Decode => include_str!("../pipelines/decode.pipeline"),
+            Part::DemuxMatroska => include_str!("../pipelines/demux-matroska.pipeline"),
+            Part::VideoEncode => include_str!("../pipelines/video-encode.pipeline"),
+            Part::AudioEncode => include_str!("../pipelines/audio-encode.pipeline"),
+            Part::VideoPassthrough => include_str!("../pipelines/video-passthrough.pipeline"),
+            Part::AudioPassthrough => include_str!("../pipelines/audio-passthrough.pipeline"),
+            Part::Mux => include_str!("../pipelines/mux.pipeline"),
+        }
+    }
+
+    /// Parts used as a single element (dynamic or request pads); the others become bins with ghost pads.
+    fn is_single_element(self) -> bool {
+        matches!(self, Part::Decode | Part::DemuxMatroska | Part::Mux)
+    }
+}
+
+/// The filled launch text of every part.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    texts: Vec<(Part, String)>,
+}
+
+impl Templates {
+    /// Reads the templates (embedded, or from `dir` where it has the file), fills the placeholders and
+    /// instantiates each once to check it.
+    pub fn load(dir: Option<&Path>, settings: &EncodeSettings) -> Result<Templates> {
+        let values = settings.placeholders();
+        let mut texts = Vec::new();
+        for part in Part::ALL {
+            let raw = match dir.map(|d| d.join(part.file_name())) {
+                Some(path) if path.exists() => std::fs::read_to_string(&path)
+                    .map_err(|e| Error::pipeline(format!("reading template {}: {e}", path.display())))?,
+                _ => part.embedded().to_string(),
+            };
+            let text = fill(&strip_comments(&raw), &values)
+                .map_err(|e| Error::pipeline(format!("template {}: {e}", part.file_name())))?;
+            texts.push((part, text));
+        }
+        let t = Templates { texts };
+        for part in Part::ALL {
+            if part.is_single_element() {
+                t.element(part)?;
+            } else {
+                t.bin(part)?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// The filled gst-launch text of a part.
+    pub fn text(&self, part: Part) -> &str {
+        &self.texts.iter().find(|(p, _)| *p == part).expect("all parts loaded").1
+    }
+
+    /// Instantiates a single-element part.
+    pub fn element(&self, part: Part) -> Result<gst::Element> {
+        let el = self.parse(part, |text, ctx| {
+            gst::parse::launch_full(text, Some(ctx), gst::ParseFlags::FATAL_ERRORS)
+        })?;
+        // Several elements come back wrapped in a pipeline; one comes back as itself.
+        if el.is::<gst::Pipeline>() {
+            return Err(Error::pipeline(format!(
+                "template {} must be a single element",
+                part.file_name()
+            )));
+        }
+        Ok(el)
+    }
+
+    /// Instantiates a chain part as a bin with one `sink` and one `src` ghost pad.
+    pub fn bin(&self, part: Part) -> Result<gst::Bin> {
+        let bin = self.parse(part, |text, ctx| {
+            gst::parse::bin_from_description_full(text, true, Some(ctx), gst::ParseFlags::FATAL_ERRORS)
+        })?;
+        let bin = bin
+            .downcast::<gst::Bin>()
+            .map_err(|_| Error::pipeline(format!("template {} is not a chain", part.file_name())))?;
+        if bin.static_pad("sink").is_none() || bin.static_pad("src").is_none() {
+            return Err(Error::pipeline(format!(
+                "template {} must be a chain with one free input and one free output",
+                part.file_name()
+            )));
+        }
+        Ok(bin)
+    }
+
+    fn parse(
+        &self,
+        part: Part,
+        f: impl FnOnce(&str, &mut gst::ParseContext) -> Result<gst::Element, glib::Error>,
+    ) -> Result<gst::Element> {
+        let mut ctx = gst::ParseContext::new();
+        f(self.text(part), &mut ctx).map_err(|e| {
+            let missing = ctx.missing_elements();
+            if missing.is_empty() {
+                Error::pipeline(format!("template {}: {e}", part.file_name()))
+            } else {
+                Error::pipeline(format!(
+                    "template {} needs GStreamer element(s) that are not installed: {}",
+                    part.file_name(),
+                    missing.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+fn strip_comments(raw: &str) -> String {
+    raw.lines()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fill(text: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut out = text.to_string();
+    for (k, v) in values {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    // Caps lists use `{ A, B }`; a leftover `{lowercase_word}` is a placeholder nobody fills.
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i + 1..];
+        if let Some(j) = tail.find('}') {
+            let word = &tail[..j];
+            if !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return Err(format!("unknown placeholder {{{word}}}"));
+            }
+        }
+        rest = tail;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init() {
+        gst::init().unwrap();
+    }
+
+    #[test]
+    fn embedded_templates_load_and_fill() {
+        init();
+        let t = Templates::load(None, &EncodeSettings::default()).unwrap();
+        let v = t.text(Part::VideoEncode);
+        assert!(v.contains("width=[16,1280]"), "{v}");
+        assert!(v.contains("keyframe-max-dist=30"), "{v}");
+        assert!(!v.contains('#'));
+        assert_eq!(t.text(Part::Mux), "webmmux streamable=true");
+    }
+
+    #[test]
+    fn override_dir_replaces_single_files() {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mux.pipeline"), "# mine\nwebmmux streamable=true min-cluster-duration=0\n").unwrap();
+        let t = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap();
+        assert!(t.text(Part::Mux).ends_with("min-cluster-duration=0"));
+        assert!(t.text(Part::VideoEncode).contains("vp8enc"));
+    }
+
+    #[test]
+    fn missing_element_is_named() {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("video-encode.pipeline"), "queue ! nosuchencoder9000").unwrap();
+        let e = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap_err();
+        assert!(e.message.contains("nosuchencoder9000"), "{}", e.message);
+        assert!(e.message.contains("video-encode.pipeline"), "{}", e.message);
+    }
+
+    #[test]
+    fn unparsable_template_and_unknown_placeholder_fail() {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("audio-encode.pipeline"), "queue ! ! vorbisenc").unwrap();
+        assert!(Templates::load(Some(dir.path()), &EncodeSettings::default()).is_err());
+        std::fs::write(dir.path().join("audio-encode.pipeline"), "vorbisenc quality={qualty}").unwrap();
+        let e = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap_err();
+        assert!(e.message.contains("{qualty}"), "{}", e.message);
+    }
+
+    #[test]
+    fn caps_lists_are_not_placeholders() {
+        assert!(fill("video/x-raw,format={ I420, NV12 }", &[]).is_ok());
+    }
+}
