@@ -137,8 +137,10 @@ async fn next_input(body: &mut Body, timeout: Duration) -> Input {
     }
 }
 
-fn sample(data: Bytes) -> gst::Sample {
-    gst::Sample::builder().buffer(&gst::Buffer::from_slice(data)).build()
+/// Wraps upload bytes for the appsrc without copying. The caps ride along because appsrc's sample API wants
+/// them on every sample (they are the same object each time, so this is a pointer compare).
+fn sample(data: Bytes, caps: &gst::Caps) -> gst::Sample {
+    gst::Sample::builder().buffer(&gst::Buffer::from_slice(data)).caps(caps).build()
 }
 
 /// `polled` is set once the body is read: from then on hyper has sent `100 Continue` and the client is
@@ -212,13 +214,19 @@ async fn run(app: &Arc<AppState>, name: &str, body: &mut Body, polled: &mut bool
 
     // Feed the upload until it ends, times out, is aborted or the pipeline fails.
     while end.is_none() {
-        if let Some(data) = pending.take() {
+        if pending.is_some() {
+            // Wait for room in the appsrc with `poll_ready`, which is cancel-safe (a bus message may win the
+            // race), then hand the buffer over synchronously: `SinkExt::send` would lose it when cancelled.
             tokio::select! {
-                r = sink.send(sample(data)) => if r.is_err() {
-                    // Flushing: the pipeline is stopping; its bus says why.
-                    complete = true;
+                r = std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)) => {
+                    let pushed = r.is_ok() && sink.start_send_unpin(sample(pending.take().expect("checked"), &detected.caps)).is_ok();
+                    if !pushed {
+                        // Flushing: the pipeline is stopping; its bus says why.
+                        pending = None;
+                        complete = true;
+                    }
                 },
-                msg = bus.next() => { pending = None; if let Some(f) = bus_failure(msg, name) { failure = Some(f); break; } }
+                msg = bus.next() => if let Some(f) = bus_failure(msg, name) { failure = Some(f); break; },
                 _ = abort.cancelled() => { end = Some(End::Aborted); }
             }
             continue;

@@ -25,9 +25,15 @@ pub struct LaunchLine {
 }
 
 impl LaunchLine {
-    /// The line to paste into a shell.
+    /// The line to paste into a shell. gst-launch-1.0 escapes the spaces inside each argument, so every
+    /// word of the description must be its own shell word: `key="a b"` becomes `'key=a b'`.
     pub fn shell(&self) -> String {
-        format!("gst-launch-1.0 -e '{}'", self.description.replace('\'', r"'\''"))
+        let mut out = String::from("gst-launch-1.0 -e");
+        for word in words(&self.description) {
+            out.push(' ');
+            out.push_str(&shell_quote(&word));
+        }
+        out
     }
 
     /// Runs it to the end; returns the first error.
@@ -51,6 +57,38 @@ impl LaunchLine {
         };
         let _ = pipeline.set_state(gst::State::Null);
         result
+    }
+}
+
+/// Splits a description on white space outside double quotes, unquoting `"..."` values.
+fn words(description: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = description.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => cur.extend(chars.next()),
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn shell_quote(word: &str) -> String {
+    if word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./=:,!@%+".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -99,8 +137,25 @@ pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<La
             (true, false) => format!("demux.{kind}_0 ! {} ! {}", templates.text(Part::Decode), templates.text(enc)),
             (false, _) => format!("demux. ! {kind}/x-raw ! {}", templates.text(enc)),
         };
-        d.push_str(&format!("  {branch} ! mux."));
+        // A named mux pad: a queue has ANY caps, and linking it by caps could take the wrong template.
+        d.push_str(&format!("  {branch} ! mux.{kind}_0"));
     }
     d.push_str(&format!("  {} name=mux ! filesink location={}", templates.text(Part::Mux), quote(output)));
     Ok(LaunchLine { description: d })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_line_has_one_word_per_token() {
+        let l = LaunchLine {
+            description: r#"filesrc location="/tmp/a b/it's.mp4" ! video/x-raw,width=[16,1280] ! fakesink"#.into(),
+        };
+        assert_eq!(
+            l.shell(),
+            r#"gst-launch-1.0 -e filesrc 'location=/tmp/a b/it'\''s.mp4' ! 'video/x-raw,width=[16,1280]' ! fakesink"#
+        );
+    }
 }
