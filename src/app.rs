@@ -36,11 +36,16 @@ pub struct Running {
 
 /// Checks the templates, binds the listener and starts serving. GStreamer must be initialised.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
-    let templates = Arc::new(Templates::load(config.pipelines_dir.as_deref(), &config.encode)?);
+    let templates = Arc::new(Templates::load(
+        config.pipelines_dir.as_deref(),
+        &config.encode,
+    )?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
     let state = Arc::new(AppState {
         templates,
         registry: Registry::new(config.max_streams),
@@ -50,7 +55,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config,
     });
     let router = crate::http::router(state.clone());
-    let task = tokio::spawn(crate::http::serve(listener, router, shutdown, state.config.send_buffer));
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        shutdown,
+        state.config.send_buffer,
+    ));
     tracing::info!(%addr, "transcast listening");
     Ok(Running { addr, state, task })
 }

@@ -101,7 +101,6 @@ pub struct EncodeArgs {
     /// Vorbis quality of a transcode, -0.1 to 1.0.
     #[arg(long, default_value_t = 0.3)]
     pub audio_quality: f64,
-
 }
 
 impl EncodeArgs {
@@ -115,7 +114,10 @@ impl EncodeArgs {
         if !(-0.1..=1.0).contains(&self.audio_quality) {
             return Err("--audio-quality must be within -0.1..1.0".into());
         }
-        if !(self.keyframe_interval.is_finite() && self.keyframe_interval > 0.0 && self.keyframe_interval <= 60.0) {
+        if !(self.keyframe_interval.is_finite()
+            && self.keyframe_interval > 0.0
+            && self.keyframe_interval <= 60.0)
+        {
             return Err("--keyframe-interval must be within 0..60 seconds".into());
         }
         Ok(EncodeSettings {
@@ -178,12 +180,17 @@ impl Default for EncodeSettings {
 impl EncodeSettings {
     /// `{placeholder}` → value pairs for the templates.
     pub fn placeholders(&self) -> Vec<(&'static str, String)> {
-        let keyframe_frames = ((self.max_fps as f64) * self.keyframe_interval).round().max(1.0) as u32;
+        let keyframe_frames = ((self.max_fps as f64) * self.keyframe_interval)
+            .round()
+            .max(1.0) as u32;
         vec![
             ("max_width", self.max_width.to_string()),
             ("max_height", self.max_height.to_string()),
             ("max_fps", self.max_fps.to_string()),
-            ("video_bitrate", (u64::from(self.video_kbps) * 1000).to_string()),
+            (
+                "video_bitrate",
+                (u64::from(self.video_kbps) * 1000).to_string(),
+            ),
             ("keyframe_frames", keyframe_frames.to_string()),
             ("audio_quality", format!("{:.2}", self.audio_quality)),
         ]
@@ -202,7 +209,9 @@ impl Config {
             if v.is_finite() && v > 0.0 && v < 86_400.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(format!("--{name} must be a positive number of seconds, got {v}"))
+                Err(format!(
+                    "--{name} must be a positive number of seconds, got {v}"
+                ))
             }
         };
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

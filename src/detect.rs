@@ -109,9 +109,15 @@ pub fn probe(head: &[u8], complete: bool) -> Probe {
     if head.len() < MIN_PROBE_BYTES && !last_chance {
         return Probe::NeedMore;
     }
-    let found = gstreamer_base::functions::type_find_helper_for_data(None::<&gst::Object>, head).ok();
+    let found =
+        gstreamer_base::functions::type_find_helper_for_data(None::<&gst::Object>, head).ok();
     let (caps, prob) = match found {
-        Some((caps, prob)) if prob >= gst::TypeFindProbability::Likely || (last_chance && prob >= gst::TypeFindProbability::Possible) => (caps, prob),
+        Some((caps, prob))
+            if prob >= gst::TypeFindProbability::Likely
+                || (last_chance && prob >= gst::TypeFindProbability::Possible) =>
+        {
+            (caps, prob)
+        }
         _ if !last_chance => return Probe::NeedMore,
         _ => {
             return Probe::Unsupported(format!(
@@ -121,7 +127,9 @@ pub fn probe(head: &[u8], complete: bool) -> Probe {
         }
     };
     let Some(container) = Container::from_caps(&caps) else {
-        return Probe::Unsupported(format!("input type {caps} is not supported; supported: {SUPPORTED}"));
+        return Probe::Unsupported(format!(
+            "input type {caps} is not supported; supported: {SUPPORTED}"
+        ));
     };
     tracing::debug!(%caps, ?prob, bytes = head.len(), "input typefound");
     if container == Container::Mp4 {
@@ -201,13 +209,18 @@ mod tests {
         slow.extend(mp4_box(b"free", 8));
         slow.extend(mp4_box(b"mdat", 64));
         assert_eq!(mp4_layout(&slow), Mp4Layout::MdatFirst);
-        assert_eq!(mp4_layout(&mp4_box(b"ftyp", 24)[..20]), Mp4Layout::Incomplete);
+        assert_eq!(
+            mp4_layout(&mp4_box(b"ftyp", 24)[..20]),
+            Mp4Layout::Incomplete
+        );
     }
 
     #[test]
     fn garbage_and_empty_are_refused_once_complete() {
         gst::init().unwrap();
-        let garbage: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         assert!(matches!(probe(&garbage[..100], false), Probe::NeedMore));
         assert!(matches!(probe(&garbage, true), Probe::Unsupported(_)));
         assert!(matches!(probe(&[], true), Probe::Unsupported(m) if m.contains("empty")));
@@ -218,7 +231,10 @@ mod tests {
         gst::init().unwrap();
         let text = "<html><body>hello</body></html>\n".repeat(200);
         match probe(text.as_bytes(), true) {
-            Probe::Unsupported(m) => assert!(m.contains("not supported") || m.contains("recognise"), "{m}"),
+            Probe::Unsupported(m) => assert!(
+                m.contains("not supported") || m.contains("recognise"),
+                "{m}"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -35,22 +35,46 @@ pub async fn watch(
         .get(&name)
         .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
-        Error::unavailable(format!("the client limit (--max-clients {}) is reached", app.config.max_clients))
+        Error::unavailable(format!(
+            "the client limit (--max-clients {}) is reached",
+            app.config.max_clients
+        ))
     })?;
     let (peer, kill) = match conn {
         Some(axum::Extension(c)) => (Some(c.peer), c.kill),
         None => (None, app.shutdown.child_token()),
     };
-    let sub = entry.hub.subscribe(peer, kill, HEADER_WAIT).await.map_err(|e| match e {
-        SubscribeError::Ended => Error::not_found(format!("stream '{name}' ended before it produced media")),
-        SubscribeError::Timeout => Error::unavailable(format!("stream '{name}' has produced no media yet")),
-    })?;
-    let content_type = if sub.has_video() { "video/webm" } else { "audio/webm" };
+    let sub = entry
+        .hub
+        .subscribe(peer, kill, HEADER_WAIT)
+        .await
+        .map_err(|e| match e {
+            SubscribeError::Ended => {
+                Error::not_found(format!("stream '{name}' ended before it produced media"))
+            }
+            SubscribeError::Timeout => {
+                Error::unavailable(format!("stream '{name}' has produced no media yet"))
+            }
+        })?;
+    let content_type = if sub.has_video() {
+        "video/webm"
+    } else {
+        "audio/webm"
+    };
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store")),
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
-        (header::HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ),
+        (
+            header::HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ),
     ];
     if method == Method::HEAD {
         return Ok((headers, Body::empty()).into_response());

@@ -145,7 +145,9 @@ mod tests {
     async fn server_errors_hide_details() {
         let resp = Error::pipeline("element /pipeline0/vp8enc0 exploded").into_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "pipeline_error");
         assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
@@ -155,7 +157,9 @@ mod tests {
     async fn client_errors_keep_message() {
         let resp = Error::unsupported("not a media file").into_response();
         assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "unsupported_media");
         assert_eq!(v["error"]["message"], "not a media file");

@@ -40,14 +40,22 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/live/{name}",
-            get(egress::watch).head(egress::watch).put(ingest::push).post(ingest::push),
+            get(egress::watch)
+                .head(egress::watch)
+                .put(ingest::push)
+                .post(ingest::push),
         )
         .fallback(|| async { Error::not_found("no such route") })
         .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken, send_buffer: usize) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    send_buffer: usize,
+) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -71,12 +79,16 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
         }
         let kill = shutdown.child_token();
-        let info = ConnInfo { peer, kill: kill.clone() };
+        let info = ConnInfo {
+            peer,
+            kill: kill.clone(),
+        };
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            router.clone().oneshot(req.map(axum::body::Body::new))
-        });
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -90,7 +90,11 @@ impl Inner {
         self.joins.back().copied().filter(|&j| j >= seq)
     }
     fn bytes_from(&self, seq: u64) -> usize {
-        self.ring.iter().skip((seq - self.base) as usize).map(|s| s.data.len()).sum()
+        self.ring
+            .iter()
+            .skip((seq - self.base) as usize)
+            .map(|s| s.data.len())
+            .sum()
     }
 }
 
@@ -164,7 +168,9 @@ impl Hub {
     /// Span of the block timestamps published so far.
     pub fn media_duration(&self) -> Duration {
         let r = self.inner.lock().unwrap().pts_range;
-        r.map_or(Duration::ZERO, |(a, b)| Duration::from_nanos((b - a).max(0) as u64))
+        r.map_or(Duration::ZERO, |(a, b)| {
+            Duration::from_nanos((b - a).max(0) as u64)
+        })
     }
 
     pub fn is_ended(&self) -> bool {
@@ -174,7 +180,10 @@ impl Hub {
     fn publish_header(&self, data: Bytes, tracks: Vec<TrackInfo>) {
         {
             let mut inner = self.inner.lock().unwrap();
-            inner.video_track = tracks.iter().find(|t| t.kind == TrackKind::Video).map(|t| t.number);
+            inner.video_track = tracks
+                .iter()
+                .find(|t| t.kind == TrackKind::Video)
+                .map(|t| t.number);
             inner.header = Some(data);
             inner.tracks = tracks;
         }
@@ -201,8 +210,15 @@ impl Hub {
                 }
             }
             let pts = chunk.block.pts_ns;
-            inner.pts_range = Some(inner.pts_range.map_or((pts, pts), |(a, b)| (a.min(pts), b.max(pts))));
-            inner.ring.push_back(Slot { data: chunk.data, at: now });
+            inner.pts_range = Some(
+                inner
+                    .pts_range
+                    .map_or((pts, pts), |(a, b)| (a.min(pts), b.max(pts))),
+            );
+            inner.ring.push_back(Slot {
+                data: chunk.data,
+                at: now,
+            });
             inner.bytes += len;
             // Keep `max_lag` of history (readers further back are dropped anyway) and always the newest
             // keyframe group for joiners, within the byte cap.
@@ -222,7 +238,9 @@ impl Hub {
                 inner.joins.pop_front();
             }
         }
-        self.stats.bytes_published.fetch_add(len as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_published
+            .fetch_add(len as u64, Ordering::Relaxed);
         self.head_tx.send_replace(());
     }
 
@@ -262,10 +280,16 @@ impl Hub {
             let inner = self.inner.lock().unwrap();
             let head = inner.head();
             let cursor = match (self.cfg.join, inner.joins.back()) {
-                (JoinMode::Gop, Some(&j)) if inner.bytes_from(j) <= self.cfg.max_gop_bytes => Cursor::At(j),
+                (JoinMode::Gop, Some(&j)) if inner.bytes_from(j) <= self.cfg.max_gop_bytes => {
+                    Cursor::At(j)
+                }
                 _ => Cursor::WaitJoin(head),
             };
-            (cursor, inner.video_track.is_some(), inner.header.clone().expect("checked"))
+            (
+                cursor,
+                inner.video_track.is_some(),
+                inner.header.clone().expect("checked"),
+            )
         };
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(ClientShared {
@@ -408,7 +432,10 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(b) = self.pending.pop_front() {
-                self.hub.stats.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                self.hub
+                    .stats
+                    .bytes_sent
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
                 return Some(b);
             }
             self.rx.borrow_and_update();
@@ -435,16 +462,23 @@ impl Subscription {
                 Some(j) => j,
                 None => {
                     self.shared.cursor.store(head, Ordering::Relaxed);
-                    self.shared.caught_up_ms.store(hub.now_ms(), Ordering::Relaxed);
+                    self.shared
+                        .caught_up_ms
+                        .store(hub.now_ms(), Ordering::Relaxed);
                     self.cursor = Cursor::WaitJoin(head.max(after));
                     return if inner.ended { Fill::End } else { Fill::Wait };
                 }
             },
         };
         let behind = cursor < inner.base
-            || (cursor < head && now.duration_since(inner.ring[(cursor - inner.base) as usize].at) > hub.skip_lag());
+            || (cursor < head
+                && now.duration_since(inner.ring[(cursor - inner.base) as usize].at)
+                    > hub.skip_lag());
         if behind {
-            if let Some(j) = inner.latest_join_at_or_after(cursor.max(inner.base)).filter(|&j| j > cursor) {
+            if let Some(j) = inner
+                .latest_join_at_or_after(cursor.max(inner.base))
+                .filter(|&j| j > cursor)
+            {
                 hub.stats.skips.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(stream = %hub.name, peer = ?self.shared.peer, skipped = j - cursor, "client behind: moved to the newest keyframe");
                 cursor = j;
@@ -457,13 +491,16 @@ impl Subscription {
             }
         }
         while cursor < head && self.pending.len() < MAX_BATCH {
-            self.pending.push_back(inner.ring[(cursor - inner.base) as usize].data.clone());
+            self.pending
+                .push_back(inner.ring[(cursor - inner.base) as usize].data.clone());
             cursor += 1;
         }
         self.cursor = Cursor::At(cursor);
         self.shared.cursor.store(cursor, Ordering::Relaxed);
         if cursor == head {
-            self.shared.caught_up_ms.store(hub.now_ms(), Ordering::Relaxed);
+            self.shared
+                .caught_up_ms
+                .store(hub.now_ms(), Ordering::Relaxed);
         }
         if !self.pending.is_empty() {
             Fill::Data
@@ -549,7 +586,10 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 3);
-        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(s.has_video());
         let got = read_available(&mut s).await;
         assert_eq!(got[0].as_ref(), header(true).as_slice());
@@ -565,7 +605,10 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 2);
-        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(read_available(&mut s).await.len(), 1, "header only");
         publish_gops(&mut p, 2, 1);
         let got = read_available(&mut s).await;
@@ -583,7 +626,10 @@ mod tests {
         let mut c = cluster(5000);
         c.extend(block(1, false, 9));
         p.push(&c).unwrap();
-        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         let got = read_available(&mut s).await;
         assert_eq!(got.len(), 1 + 5, "joins at GOP 0, not at the delta cluster");
     }
@@ -597,13 +643,20 @@ mod tests {
         let mut c = cluster(0);
         c.extend(block(1, true, 1));
         p.push(&c).unwrap();
-        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(!s.has_video());
         let mut c = cluster(1000);
         c.extend(block(1, true, 2));
         c.extend(block(1, true, 3));
         p.push(&c).unwrap();
-        assert_eq!(read_available(&mut s).await.len(), 3, "header, then the next cluster's two blocks");
+        assert_eq!(
+            read_available(&mut s).await.len(),
+            3,
+            "header, then the next cluster's two blocks"
+        );
     }
 
     #[tokio::test]
@@ -612,7 +665,10 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 1);
-        let mut s = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         h.finish();
         let mut n = 0;
         while s.next().await.is_some() {
@@ -629,7 +685,9 @@ mod tests {
         let h = hub(JoinMode::Gop, 5000);
         let h2 = h.clone();
         tokio::spawn(async move { h2.finish() });
-        let r = h.subscribe(None, CancellationToken::new(), Duration::from_secs(5)).await;
+        let r = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(5))
+            .await;
         assert_eq!(r.unwrap_err(), SubscribeError::Ended);
     }
 
@@ -640,8 +698,14 @@ mod tests {
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 1);
         let kill = CancellationToken::new();
-        let mut slow = h.subscribe(None, kill.clone(), Duration::from_secs(1)).await.unwrap();
-        let mut fast = h.subscribe(None, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        let mut slow = h
+            .subscribe(None, kill.clone(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut fast = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(slow.next().await.is_some(), "header");
         assert!(slow.next().await.is_some(), "first chunk of GOP 0");
         read_available(&mut fast).await;

@@ -21,8 +21,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use gstreamer as gst;
 use gst::prelude::*;
+use gstreamer as gst;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -85,7 +85,9 @@ pub async fn push(
     let mut body = req.into_body();
     let span = tracing::info_span!("push", stream = %name, peer = ?peer);
     let mut polled = false;
-    let result = tracing::Instrument::instrument(run(&app, &name, &mut body, &mut polled), span.clone()).await;
+    let result =
+        tracing::Instrument::instrument(run(&app, &name, &mut body, &mut polled), span.clone())
+            .await;
     match result {
         Ok(summary) => {
             span.in_scope(|| tracing::info!(end = ?summary.end, bytes_in = summary.bytes_in, media_ms = summary.media_duration_ms, "push ended"));
@@ -140,12 +142,20 @@ async fn next_input(body: &mut Body, timeout: Duration) -> Input {
 /// Wraps upload bytes for the appsrc without copying. The caps ride along because appsrc's sample API wants
 /// them on every sample (they are the same object each time, so this is a pointer compare).
 fn sample(data: Bytes, caps: &gst::Caps) -> gst::Sample {
-    gst::Sample::builder().buffer(&gst::Buffer::from_slice(data)).caps(caps).build()
+    gst::Sample::builder()
+        .buffer(&gst::Buffer::from_slice(data))
+        .caps(caps)
+        .build()
 }
 
 /// `polled` is set once the body is read: from then on hyper has sent `100 Continue` and the client is
 /// uploading, so an error must drain.
-async fn run(app: &Arc<AppState>, name: &str, body: &mut Body, polled: &mut bool) -> Result<PushSummary> {
+async fn run(
+    app: &Arc<AppState>,
+    name: &str,
+    body: &mut Body,
+    polled: &mut bool,
+) -> Result<PushSummary> {
     streams::validate_name(name)?;
     let cfg = &app.config;
     let hub = Hub::new(
@@ -177,8 +187,16 @@ async fn run(app: &Arc<AppState>, name: &str, body: &mut Body, polled: &mut bool
                 false
             }
             Input::End => true,
-            Input::Timeout => return Err(Error::bad_request("the source sent no data within --source-timeout")),
-            Input::Failed(e) => return Err(Error::bad_request(format!("reading the upload failed: {e}"))),
+            Input::Timeout => {
+                return Err(Error::bad_request(
+                    "the source sent no data within --source-timeout",
+                ));
+            }
+            Input::Failed(e) => {
+                return Err(Error::bad_request(format!(
+                    "reading the upload failed: {e}"
+                )));
+            }
         };
         match detect::probe(&head, complete) {
             Probe::NeedMore => continue,
@@ -194,7 +212,10 @@ async fn run(app: &Arc<AppState>, name: &str, body: &mut Body, polled: &mut bool
         None
     } else {
         Some(app.transcodes.clone().try_acquire_owned().map_err(|_| {
-            Error::unavailable(format!("the transcode limit (--max-transcodes {}) is reached", cfg.max_transcodes))
+            Error::unavailable(format!(
+                "the transcode limit (--max-transcodes {}) is reached",
+                cfg.max_transcodes
+            ))
         })?)
     };
     let ctx = PipelineContext {
@@ -296,7 +317,12 @@ async fn run(app: &Arc<AppState>, name: &str, body: &mut Body, polled: &mut bool
     Ok(summary)
 }
 
-fn summary(entry: &StreamEntry, pipeline: &StreamPipeline, end: End, message: Option<String>) -> PushSummary {
+fn summary(
+    entry: &StreamEntry,
+    pipeline: &StreamPipeline,
+    end: End,
+    message: Option<String>,
+) -> PushSummary {
     PushSummary {
         stream: entry.name.clone(),
         end,
@@ -323,7 +349,10 @@ fn bus_failure(msg: Option<gst::Message>, name: &str) -> Option<(String, String)
         }
         gst::MessageView::Eos(_) => Some((String::new(), "unexpected end of stream".into())),
         gst::MessageView::Warning(w) => {
-            let path = w.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+            let path = w
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_default();
             tracing::debug!(stream = name, element = %path, "pipeline warning: {}", w.error());
             None
         }

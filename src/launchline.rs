@@ -43,13 +43,18 @@ impl LaunchLine {
         pipeline.set_state(gst::State::Playing)?;
         let bus = pipeline.bus().expect("pipeline has a bus");
         let result = loop {
-            let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::NONE, &[gst::MessageType::Eos, gst::MessageType::Error])
-            else {
+            let Some(msg) = bus.timed_pop_filtered(
+                gst::ClockTime::NONE,
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            ) else {
                 break Ok(());
             };
             match msg.view() {
                 gst::MessageView::Error(e) => {
-                    let path = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    let path = e
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
                     break Err(Error::pipeline(format!("{path}: {}", e.error())));
                 }
                 _ => break Ok(()),
@@ -85,7 +90,10 @@ fn words(description: &str) -> Vec<String> {
 }
 
 fn shell_quote(word: &str) -> String {
-    if word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./=:,!@%+".contains(c)) {
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-./=:,!@%+".contains(c))
+    {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
@@ -93,13 +101,21 @@ fn shell_quote(word: &str) -> String {
 }
 
 fn quote(path: &Path) -> String {
-    format!("\"{}\"", path.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+    format!(
+        "\"{}\"",
+        path.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    )
 }
 
 /// Builds the line for `input`, writing WebM to `output`.
 pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<LaunchLine> {
-    let input = std::fs::canonicalize(input).map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
-    let data = std::fs::read(&input).map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
+    let input = std::fs::canonicalize(input)
+        .map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
+    let data = std::fs::read(&input)
+        .map_err(|e| Error::bad_request(format!("{}: {e}", input.display())))?;
     let head = &data[..data.len().min(detect::MAX_PROBE_BYTES)];
     let detected = match detect::probe(head, true) {
         Probe::Found(d) => d,
@@ -107,12 +123,16 @@ pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<La
         Probe::NeedMore => unreachable!("complete input is always decided"),
     };
     let uri = glib::filename_to_uri(&input, None).map_err(|e| Error::bad_request(e.to_string()))?;
-    let discoverer = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(DISCOVER_TIMEOUT.as_nanos() as u64))?;
+    let discoverer = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(
+        DISCOVER_TIMEOUT.as_nanos() as u64,
+    ))?;
     let info = discoverer
         .discover_uri(&uri)
         .map_err(|e| Error::unsupported(format!("discovering {}: {e}", input.display())))?;
     let codec = |s: &pbutils::DiscovererStreamInfo| {
-        s.caps().and_then(|c| c.structure(0).map(|s| s.name().to_string())).unwrap_or_default()
+        s.caps()
+            .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+            .unwrap_or_default()
     };
     let video = info.video_streams().first().map(|s| codec(s.upcast_ref()));
     let audio = info.audio_streams().first().map(|s| codec(s.upcast_ref()));
@@ -121,12 +141,19 @@ pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<La
     }
 
     let matroska = detected.container.is_matroska();
-    let front = templates.text(if matroska { Part::DemuxMatroska } else { Part::Decode });
+    let front = templates.text(if matroska {
+        Part::DemuxMatroska
+    } else {
+        Part::Decode
+    });
     let mut d = format!("filesrc location={} ! {front} name=demux", quote(&input));
     for (codec, is_video) in [(video, true), (audio, false)] {
         let Some(codec) = codec else { continue };
         let kind = if is_video { "video" } else { "audio" };
-        let web = matches!(codec.as_str(), "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus");
+        let web = matches!(
+            codec.as_str(),
+            "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus"
+        );
         let (pass, enc) = if is_video {
             (Part::VideoPassthrough, Part::VideoEncode)
         } else {
@@ -134,13 +161,21 @@ pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<La
         };
         let branch = match (matroska, web) {
             (true, true) => format!("demux.{kind}_0 ! {}", templates.text(pass)),
-            (true, false) => format!("demux.{kind}_0 ! {} ! {}", templates.text(Part::Decode), templates.text(enc)),
+            (true, false) => format!(
+                "demux.{kind}_0 ! {} ! {}",
+                templates.text(Part::Decode),
+                templates.text(enc)
+            ),
             (false, _) => format!("demux. ! {kind}/x-raw ! {}", templates.text(enc)),
         };
         // A named mux pad: a queue has ANY caps, and linking it by caps could take the wrong template.
         d.push_str(&format!("  {branch} ! mux.{kind}_0"));
     }
-    d.push_str(&format!("  {} name=mux ! filesink location={}", templates.text(Part::Mux), quote(output)));
+    d.push_str(&format!(
+        "  {} name=mux ! filesink location={}",
+        templates.text(Part::Mux),
+        quote(output)
+    ));
     Ok(LaunchLine { description: d })
 }
 
@@ -151,7 +186,9 @@ mod tests {
     #[test]
     fn shell_line_has_one_word_per_token() {
         let l = LaunchLine {
-            description: r#"filesrc location="/tmp/a b/it's.mp4" ! video/x-raw,width=[16,1280] ! fakesink"#.into(),
+            description:
+                r#"filesrc location="/tmp/a b/it's.mp4" ! video/x-raw,width=[16,1280] ! fakesink"#
+                    .into(),
         };
         assert_eq!(
             l.shell(),

@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use transcast::config::{Config, EncodeArgs, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "transcast", version, about = "Live media transcoding proxy: push any container over HTTP, watch live WebM")]
+#[command(
+    name = "transcast",
+    version,
+    about = "Live media transcoding proxy: push any container over HTTP, watch live WebM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TRANSCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("TRANSCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = Cli::parse();
     gstreamer::init().context("initialising GStreamer")?;
@@ -69,7 +75,9 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_args(args).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();

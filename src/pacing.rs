@@ -70,7 +70,8 @@ impl Pacer {
         let due = if rt_ns >= art {
             at + Duration::from_nanos(rt_ns - art)
         } else {
-            at.checked_sub(Duration::from_nanos(art - rt_ns)).unwrap_or(at)
+            at.checked_sub(Duration::from_nanos(art - rt_ns))
+                .unwrap_or(at)
         };
         if due > now + LEAD {
             Verdict::HoldUntil(due - LEAD)
@@ -89,7 +90,9 @@ impl Pacer {
         }
         let st = self.state.lock().unwrap();
         match st.anchor {
-            Some((art, at)) if rt_ns >= art => now.saturating_duration_since(at + Duration::from_nanos(rt_ns - art)),
+            Some((art, at)) if rt_ns >= art => {
+                now.saturating_duration_since(at + Duration::from_nanos(rt_ns - art))
+            }
             _ => Duration::ZERO,
         }
     }
@@ -134,9 +137,15 @@ mod tests {
         assert_eq!(p.deadline(0, t0), Verdict::Pass);
         assert_eq!(p.deadline(S / 2, t0), Verdict::Pass);
         assert_eq!(p.deadline(S, t0), Verdict::Pass);
-        assert_eq!(p.deadline(3 * S, t0), Verdict::HoldUntil(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            p.deadline(3 * S, t0),
+            Verdict::HoldUntil(t0 + Duration::from_secs(2))
+        );
         // Released at its time, it passes.
-        assert_eq!(p.deadline(3 * S, t0 + Duration::from_secs(2)), Verdict::Pass);
+        assert_eq!(
+            p.deadline(3 * S, t0 + Duration::from_secs(2)),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -149,8 +158,14 @@ mod tests {
         assert_eq!(p.deadline(S, t1), Verdict::Reanchored);
         // A burst of the 2 s that follow is not passed through unpaced: the new anchor holds it.
         assert_eq!(p.deadline(2 * S, t1), Verdict::Pass);
-        assert_eq!(p.deadline(3 * S, t1), Verdict::HoldUntil(t1 + Duration::from_secs(1)));
-        assert_eq!(p.lateness(S, t1 + Duration::from_millis(300)), Duration::from_millis(300));
+        assert_eq!(
+            p.deadline(3 * S, t1),
+            Verdict::HoldUntil(t1 + Duration::from_secs(1))
+        );
+        assert_eq!(
+            p.lateness(S, t1 + Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]

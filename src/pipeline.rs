@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use gst::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::detect::Detected;
@@ -106,7 +106,11 @@ impl StreamPipeline {
             .block(false)
             .build();
         let matroska = input.container.is_matroska();
-        let front = ctx.templates.element(if matroska { Part::DemuxMatroska } else { Part::Decode })?;
+        let front = ctx.templates.element(if matroska {
+            Part::DemuxMatroska
+        } else {
+            Part::Decode
+        })?;
         let mux = ctx.templates.element(Part::Mux)?;
         let sink = gst_app::AppSink::builder().name("sink").sync(false).build();
         sink.set_property("enable-last-sample", false);
@@ -178,7 +182,9 @@ impl StreamPipeline {
 
     /// The running pipeline as a DOT graph.
     pub fn dot(&self) -> String {
-        self.pipeline.debug_to_dot_data(gst::DebugGraphDetails::all()).to_string()
+        self.pipeline
+            .debug_to_dot_data(gst::DebugGraphDetails::all())
+            .to_string()
     }
 }
 
@@ -190,12 +196,17 @@ impl Drop for StreamPipeline {
 }
 
 fn is_web_codec(caps_name: &str) -> bool {
-    matches!(caps_name, "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus")
+    matches!(
+        caps_name,
+        "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus"
+    )
 }
 
 impl Builder {
     fn pipeline(&self) -> Result<gst::Pipeline> {
-        self.pipeline.upgrade().ok_or_else(|| Error::pipeline("pipeline gone"))
+        self.pipeline
+            .upgrade()
+            .ok_or_else(|| Error::pipeline("pipeline gone"))
     }
 
     /// Reports a decision error from a streaming thread: kept for the ingest, posted as a pipeline error.
@@ -204,13 +215,20 @@ impl Builder {
         let msg = e.message.clone();
         self.shared.failure.lock().unwrap().get_or_insert(e);
         if let Some(p) = self.pipeline.upgrade() {
-            let _ = p.post_message(gst::message::Error::builder(gst::CoreError::Failed, &msg).src(&p).build());
+            let _ = p.post_message(
+                gst::message::Error::builder(gst::CoreError::Failed, &msg)
+                    .src(&p)
+                    .build(),
+            );
         }
     }
 
     fn on_front_pad(&self, pad: &gst::Pad) -> Result<()> {
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let caps_name = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        let caps_name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
         let video = caps_name.starts_with("video/");
         let audio = caps_name.starts_with("audio/");
         let first_of_kind = {
@@ -222,11 +240,17 @@ impl Builder {
             tracing::info!(stream = %self.name, caps = %caps_name, "ignoring extra or non-media track");
             return self.discard(pad);
         }
-        self.shared.input_codecs.lock().unwrap().push(caps_name.clone());
+        self.shared
+            .input_codecs
+            .lock()
+            .unwrap()
+            .push(caps_name.clone());
         let raw = caps_name.ends_with("/x-raw");
         if !self.matroska && !raw {
             self.discard(pad)?;
-            return Err(Error::unsupported(format!("no decoder is installed for the {caps_name} track")));
+            return Err(Error::unsupported(format!(
+                "no decoder is installed for the {caps_name} track"
+            )));
         }
         let passthrough = self.matroska && is_web_codec(&caps_name);
         let part = match (video, passthrough) {
@@ -243,7 +267,9 @@ impl Builder {
                     Err(_) => {
                         drop(permit);
                         self.discard(pad)?;
-                        return Err(Error::unavailable("the transcode limit (--max-transcodes) is reached"));
+                        return Err(Error::unavailable(
+                            "the transcode limit (--max-transcodes) is reached",
+                        ));
                     }
                 }
             }
@@ -263,7 +289,9 @@ impl Builder {
         let mux_pad = self
             .mux
             .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
-            .ok_or_else(|| Error::pipeline("the muxer refused a new track (data already started?)"))?;
+            .ok_or_else(|| {
+                Error::pipeline("the muxer refused a new track (data already started?)")
+            })?;
         let branch_src = branch.static_pad("src").expect("checked at load");
         branch_src
             .link(&mux_pad)
@@ -276,8 +304,9 @@ impl Builder {
         branch.sync_state_with_parent()?;
 
         if raw || passthrough {
-            pad.link(&branch_sink)
-                .map_err(|e| Error::unsupported(format!("cannot use the {caps_name} track: {e:?}")))?;
+            pad.link(&branch_sink).map_err(|e| {
+                Error::unsupported(format!("cannot use the {caps_name} track: {e:?}"))
+            })?;
         } else {
             // A Matroska track in a codec browsers cannot play: decode it first.
             let decoder = self.ctx.templates.element(Part::Decode)?;
@@ -292,7 +321,9 @@ impl Builder {
             });
             decoder.sync_state_with_parent()?;
             pad.link(&decoder.static_pad("sink").expect("decodebin has a sink"))
-                .map_err(|e| Error::pipeline(format!("linking the {caps_name} track to a decoder: {e:?}")))?;
+                .map_err(|e| {
+                    Error::pipeline(format!("linking the {caps_name} track to a decoder: {e:?}"))
+                })?;
         }
         Ok(())
     }
@@ -300,7 +331,10 @@ impl Builder {
     /// Sends a track nowhere, so it neither stalls the demuxer nor errors as not-linked.
     fn discard(&self, pad: &gst::Pad) -> Result<()> {
         let pipeline = self.pipeline()?;
-        let sink = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build()?;
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()?;
         pipeline.add(&sink)?;
         sink.sync_state_with_parent()?;
         pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
@@ -329,7 +363,10 @@ impl Builder {
             return;
         }
         let encoder = branch.iterate_recurse().into_iter().flatten().find(|e| {
-            e.factory().is_some_and(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).is_some_and(|k| k.contains("Encoder")))
+            e.factory().is_some_and(|f| {
+                f.metadata(gst::ELEMENT_METADATA_KLASS)
+                    .is_some_and(|k| k.contains("Encoder"))
+            })
         });
         let Some(pad) = encoder.and_then(|e| e.static_pad("sink")) else {
             return;
@@ -367,7 +404,10 @@ fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<u64> {
 
 /// A pipeline error as text: the element's path and the message (debug detail only in the log).
 pub fn describe_error(err: &gst::message::Error) -> (String, String) {
-    let path = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+    let path = err
+        .src()
+        .map(|s| s.path_string().to_string())
+        .unwrap_or_default();
     (path, err.error().to_string())
 }
 
@@ -377,5 +417,8 @@ pub fn early_error(shared: &Shared, path: &str, message: &str) -> Error {
     if let Some(e) = shared.failure.lock().unwrap().clone() {
         return e;
     }
-    Error::new(Kind::UnsupportedMedia, format!("the input could not be decoded: {message} ({path})"))
+    Error::new(
+        Kind::UnsupportedMedia,
+        format!("the input could not be decoded: {message} ({path})"),
+    )
 }

@@ -20,7 +20,9 @@ pub const NAME_MAX_LEN: usize = 64;
 
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=NAME_MAX_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -64,7 +66,12 @@ impl Registry {
     }
 
     /// Claims `name` for a new push: 409 if it is live, 503 past `--max-streams`.
-    pub fn reserve(self: &Arc<Self>, name: &str, hub: Arc<Hub>, abort: CancellationToken) -> Result<Reservation> {
+    pub fn reserve(
+        self: &Arc<Self>,
+        name: &str,
+        hub: Arc<Hub>,
+        abort: CancellationToken,
+    ) -> Result<Reservation> {
         let mut streams = self.streams.lock().unwrap();
         if streams.contains_key(name) {
             return Err(Error::new(
@@ -116,7 +123,10 @@ impl Registry {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut streams = self.registry.streams.lock().unwrap();
-        if streams.get(&self.entry.name).is_some_and(|e| Arc::ptr_eq(e, &self.entry)) {
+        if streams
+            .get(&self.entry.name)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+        {
             streams.remove(&self.entry.name);
         }
     }
@@ -151,9 +161,16 @@ mod tests {
     fn second_push_is_busy_and_name_frees_on_drop() {
         let r = Registry::new(1);
         let a = r.reserve("a", hub(), CancellationToken::new()).unwrap();
-        assert_eq!(r.reserve("a", hub(), CancellationToken::new()).unwrap_err().kind, crate::error::Kind::Busy);
         assert_eq!(
-            r.reserve("b", hub(), CancellationToken::new()).unwrap_err().kind,
+            r.reserve("a", hub(), CancellationToken::new())
+                .unwrap_err()
+                .kind,
+            crate::error::Kind::Busy
+        );
+        assert_eq!(
+            r.reserve("b", hub(), CancellationToken::new())
+                .unwrap_err()
+                .kind,
             crate::error::Kind::Unavailable
         );
         drop(a);

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use gstreamer as gst;
 use gst::prelude::*;
+use gstreamer as gst;
 
 use crate::config::EncodeSettings;
 use crate::error::{Error, Result};
@@ -83,8 +83,9 @@ impl Templates {
         let mut texts = Vec::new();
         for part in Part::ALL {
             let raw = match dir.map(|d| d.join(part.file_name())) {
-                Some(path) if path.exists() => std::fs::read_to_string(&path)
-                    .map_err(|e| Error::pipeline(format!("reading template {}: {e}", path.display())))?,
+                Some(path) if path.exists() => std::fs::read_to_string(&path).map_err(|e| {
+                    Error::pipeline(format!("reading template {}: {e}", path.display()))
+                })?,
                 _ => part.embedded().to_string(),
             };
             let text = fill(&strip_comments(&raw), &values)
@@ -104,7 +105,12 @@ impl Templates {
 
     /// The filled gst-launch text of a part.
     pub fn text(&self, part: Part) -> &str {
-        &self.texts.iter().find(|(p, _)| *p == part).expect("all parts loaded").1
+        &self
+            .texts
+            .iter()
+            .find(|(p, _)| *p == part)
+            .expect("all parts loaded")
+            .1
     }
 
     /// Instantiates a single-element part.
@@ -125,11 +131,16 @@ impl Templates {
     /// Instantiates a chain part as a bin with one `sink` and one `src` ghost pad.
     pub fn bin(&self, part: Part) -> Result<gst::Bin> {
         let bin = self.parse(part, |text, ctx| {
-            gst::parse::bin_from_description_full(text, true, Some(ctx), gst::ParseFlags::FATAL_ERRORS)
+            gst::parse::bin_from_description_full(
+                text,
+                true,
+                Some(ctx),
+                gst::ParseFlags::FATAL_ERRORS,
+            )
         })?;
-        let bin = bin
-            .downcast::<gst::Bin>()
-            .map_err(|_| Error::pipeline(format!("template {} is not a chain", part.file_name())))?;
+        let bin = bin.downcast::<gst::Bin>().map_err(|_| {
+            Error::pipeline(format!("template {} is not a chain", part.file_name()))
+        })?;
         if bin.static_pad("sink").is_none() || bin.static_pad("src").is_none() {
             return Err(Error::pipeline(format!(
                 "template {} must be a chain with one free input and one free output",
@@ -211,7 +222,11 @@ mod tests {
     fn override_dir_replaces_single_files() {
         init();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mux.pipeline"), "# mine\nwebmmux streamable=true min-cluster-duration=0\n").unwrap();
+        std::fs::write(
+            dir.path().join("mux.pipeline"),
+            "# mine\nwebmmux streamable=true min-cluster-duration=0\n",
+        )
+        .unwrap();
         let t = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap();
         assert!(t.text(Part::Mux).ends_with("min-cluster-duration=0"));
         assert!(t.text(Part::VideoEncode).contains("vp8enc"));
@@ -221,7 +236,11 @@ mod tests {
     fn missing_element_is_named() {
         init();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("video-encode.pipeline"), "queue ! nosuchencoder9000").unwrap();
+        std::fs::write(
+            dir.path().join("video-encode.pipeline"),
+            "queue ! nosuchencoder9000",
+        )
+        .unwrap();
         let e = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap_err();
         assert!(e.message.contains("nosuchencoder9000"), "{}", e.message);
         assert!(e.message.contains("video-encode.pipeline"), "{}", e.message);
@@ -231,9 +250,17 @@ mod tests {
     fn unparsable_template_and_unknown_placeholder_fail() {
         init();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("audio-encode.pipeline"), "queue ! ! vorbisenc").unwrap();
+        std::fs::write(
+            dir.path().join("audio-encode.pipeline"),
+            "queue ! ! vorbisenc",
+        )
+        .unwrap();
         assert!(Templates::load(Some(dir.path()), &EncodeSettings::default()).is_err());
-        std::fs::write(dir.path().join("audio-encode.pipeline"), "vorbisenc quality={qualty}").unwrap();
+        std::fs::write(
+            dir.path().join("audio-encode.pipeline"),
+            "vorbisenc quality={qualty}",
+        )
+        .unwrap();
         let e = Templates::load(Some(dir.path()), &EncodeSettings::default()).unwrap_err();
         assert!(e.message.contains("{qualty}"), "{}", e.message);
     }

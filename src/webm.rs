@@ -93,13 +93,18 @@ pub struct Chunk {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Everything before the first cluster: EBML header, Segment start, Info, Tracks.
-    Header { data: Bytes, tracks: Vec<TrackInfo> },
+    Header {
+        data: Bytes,
+        tracks: Vec<TrackInfo>,
+    },
     Chunk(Chunk),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
-    #[error("WebM element 0x{id:X} of {size} bytes is larger than the {MAX_ELEMENT_BYTES} byte limit")]
+    #[error(
+        "WebM element 0x{id:X} of {size} bytes is larger than the {MAX_ELEMENT_BYTES} byte limit"
+    )]
     TooLarge { id: u32, size: u64 },
     #[error("malformed WebM: {0}")]
     Malformed(&'static str),
@@ -286,7 +291,9 @@ fn read_id(b: &[u8]) -> Option<(u32, usize)> {
     if b.len() < len {
         return None;
     }
-    let id = b[..len].iter().fold(0u32, |acc, &x| (acc << 8) | u32::from(x));
+    let id = b[..len]
+        .iter()
+        .fold(0u32, |acc, &x| (acc << 8) | u32::from(x));
     Some((id, len))
 }
 
@@ -312,7 +319,9 @@ fn read_size(b: &[u8]) -> Option<(Option<u64>, usize)> {
 }
 
 fn read_uint(b: &[u8]) -> u64 {
-    b.iter().take(8).fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    b.iter()
+        .take(8)
+        .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
 }
 
 fn read_float(b: &[u8]) -> Option<f64> {
@@ -337,7 +346,9 @@ fn children(mut b: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
 }
 
 fn child_uint(b: &[u8], want: u32) -> Option<u64> {
-    children(b).find(|(id, _)| *id == want).map(|(_, p)| read_uint(p))
+    children(b)
+        .find(|(id, _)| *id == want)
+        .map(|(_, p)| read_uint(p))
 }
 
 fn parse_tracks(payload: &[u8]) -> Vec<TrackInfo> {
@@ -363,7 +374,11 @@ fn parse_tracks(payload: &[u8]) -> Vec<TrackInfo> {
                             _ => TrackKind::Other,
                         }
                     }
-                    ID_CODEC_ID => t.codec = String::from_utf8_lossy(p).trim_end_matches('\0').to_string(),
+                    ID_CODEC_ID => {
+                        t.codec = String::from_utf8_lossy(p)
+                            .trim_end_matches('\0')
+                            .to_string()
+                    }
                     ID_VIDEO => {
                         t.width = child_uint(p, ID_PIXEL_WIDTH);
                         t.height = child_uint(p, ID_PIXEL_HEIGHT);
@@ -513,13 +528,22 @@ mod tests {
         let (s, header_len) = sample_stream();
         let whole = scan_in_pieces(&s, s.len());
         for piece in [1, 2, 3, 7, 64, 1000] {
-            assert_eq!(scan_in_pieces(&s, piece), whole, "split into {piece}-byte pieces");
+            assert_eq!(
+                scan_in_pieces(&s, piece),
+                whole,
+                "split into {piece}-byte pieces"
+            );
         }
         assert_eq!(whole.len(), 6);
-        let Event::Header { data, tracks } = &whole[0] else { panic!("header first") };
+        let Event::Header { data, tracks } = &whole[0] else {
+            panic!("header first")
+        };
         assert_eq!(data.len(), header_len);
         assert_eq!(tracks.len(), 2);
-        assert_eq!((tracks[0].kind, tracks[0].codec.as_str(), tracks[0].width), (TrackKind::Video, "V_VP8", Some(320)));
+        assert_eq!(
+            (tracks[0].kind, tracks[0].codec.as_str(), tracks[0].width),
+            (TrackKind::Video, "V_VP8", Some(320))
+        );
         assert_eq!(tracks[1].kind, TrackKind::Audio);
         // Concatenated output is byte-identical to the input.
         let mut joined = Vec::new();
@@ -544,7 +568,14 @@ mod tests {
             .collect();
         let summary: Vec<_> = chunks
             .iter()
-            .map(|c| (c.cluster_start, c.block.track, c.block.keyframe, c.block.pts_ns / 1_000_000))
+            .map(|c| {
+                (
+                    c.cluster_start,
+                    c.block.track,
+                    c.block.keyframe,
+                    c.block.pts_ns / 1_000_000,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -572,7 +603,13 @@ mod tests {
         s.extend([0xA3, 0x01, 0, 0, 0x10, 0, 0, 0, 0]); // SimpleBlock of 2^36 bytes
         let mut sc = Scanner::new();
         let err = sc.push(&s, |_| {}).unwrap_err();
-        assert!(matches!(err, ScanError::TooLarge { id: ID_SIMPLE_BLOCK, .. }));
+        assert!(matches!(
+            err,
+            ScanError::TooLarge {
+                id: ID_SIMPLE_BLOCK,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -580,7 +617,10 @@ mod tests {
         assert_eq!(read_size(&[0x81]), Some((Some(1), 1)));
         assert_eq!(read_size(&[0x40, 0x02]), Some((Some(2), 2)));
         assert_eq!(read_size(&[0xFF]), Some((None, 1)));
-        assert_eq!(read_size(&[0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), Some((None, 8)));
+        assert_eq!(
+            read_size(&[0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
+            Some((None, 8))
+        );
         assert_eq!(read_size(&[0x40]), None);
         assert_eq!(read_id(&[0x1A, 0x45, 0xDF, 0xA3]), Some((ID_EBML, 4)));
     }

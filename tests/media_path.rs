@@ -1,0 +1,318 @@
+//! The core data path end to end: every input container in, live WebM out, checked by real decoders.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Checks a watched stream that joined at the start of a `kind` push.
+fn check_output(kind: Media, watched: &Watched, how: &str) {
+    let ctx = format!("{kind:?} pushed {how}");
+    assert!(
+        watched.body.starts_with(&EBML_MAGIC),
+        "{ctx}: output starts with the EBML header"
+    );
+    let expected_type = if kind.has_video() {
+        "video/webm"
+    } else {
+        "audio/webm"
+    };
+    assert_eq!(watched.content_type, expected_type, "{ctx}");
+
+    let tracks = demux(&watched.body, "matroskademux");
+    let d = decode(&watched.body);
+    if kind.has_video() {
+        let v = tracks
+            .video
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: no video track"));
+        assert!(v.caps.starts_with("video/x-vp8"), "{ctx}: {}", v.caps);
+        assert!(v.buffers[0].1, "{ctx}: first video frame is a keyframe");
+        assert!(
+            (FRAMES * 85 / 100..=FRAMES + 2).contains(&d.video_frames),
+            "{ctx}: {} frames decoded, expected about {FRAMES}",
+            d.video_frames
+        );
+        assert_eq!((d.width, d.height), (320, 240), "{ctx}");
+        assert!(d.video_pts_monotonic, "{ctx}: video timestamps go forward");
+    } else {
+        assert!(tracks.video.is_none(), "{ctx}: audio-only stays audio-only");
+    }
+    let a = tracks
+        .audio
+        .as_ref()
+        .unwrap_or_else(|| panic!("{ctx}: no audio track"));
+    assert!(a.caps.starts_with("audio/x-vorbis"), "{ctx}: {}", a.caps);
+    let secs = d.audio_ns as f64 / 1e9;
+    assert!(
+        (2.5..=3.3).contains(&secs),
+        "{ctx}: {secs:.2} s of audio decoded, expected about 3"
+    );
+    assert!(d.audio_pts_monotonic, "{ctx}: audio timestamps go forward");
+
+    if let Some(streams) = ffprobe(&watched.body) {
+        let codecs: Vec<&str> = streams.iter().map(|(c, _)| c.as_str()).collect();
+        let expected: &[&str] = if kind.has_video() {
+            &["vp8", "vorbis"]
+        } else {
+            &["vorbis"]
+        };
+        assert_eq!(codecs, expected, "{ctx}: ffprobe codecs");
+        if kind.has_video() {
+            assert!(
+                streams[0].1 >= FRAMES * 85 / 100,
+                "{ctx}: ffprobe counted {} frames",
+                streams[0].1
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_container_plays_as_webm_pushed_with_content_length_and_chunked() {
+    let server = Server::start(|_| {}).await;
+    let jobs: Vec<(Media, bool)> = Media::PLAYABLE
+        .iter()
+        .flat_map(|&m| [(m, false), (m, true)])
+        .collect();
+    // Generate the clips first (in parallel threads), then push a few streams at a time.
+    std::thread::scope(|s| {
+        for m in Media::PLAYABLE {
+            s.spawn(move || media(m));
+        }
+    });
+    let results = futures_util::stream::iter(jobs.into_iter().enumerate())
+        .map(|(i, (kind, chunked))| {
+            let url = server.url(&format!("s{i}"));
+            async move {
+                let (pushed, watched) = push_and_watch(&url, media(kind), chunked).await;
+                (kind, chunked, pushed, watched)
+            }
+        })
+        .buffer_unordered(3)
+        .collect::<Vec<_>>()
+        .await;
+    for (kind, chunked, pushed, watched) in results {
+        let how = if chunked {
+            "chunked"
+        } else {
+            "with Content-Length"
+        };
+        assert_eq!(pushed.status, 200, "{kind:?} {how}: {}", pushed.json);
+        assert_eq!(pushed.json["end"], "eos", "{kind:?} {how}: {}", pushed.json);
+        let mode = if kind == Media::WebmVp8Vorbis {
+            "passthrough"
+        } else {
+            "transcode"
+        };
+        assert_eq!(pushed.json["mode"], mode, "{kind:?} {how}");
+        assert_eq!(pushed.json["bytes_in"], media(kind).len(), "{kind:?} {how}");
+        check_output(kind, &watched, how);
+    }
+    assert!(
+        server.state.registry.is_empty(),
+        "every stream freed its name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_keeps_vp8_payloads_byte_for_byte() {
+    let server = Server::start(|_| {}).await;
+    let input = media(Media::WebmVp8Vorbis);
+    let (pushed, watched) = push_and_watch(&server.url("pass"), input.clone(), true).await;
+    assert_eq!(pushed.json["mode"], "passthrough");
+    let inn = demux(&input, "matroskademux").video.unwrap();
+    let out = demux(&watched.body, "matroskademux").video.unwrap();
+    assert_eq!(out.buffers.len(), inn.buffers.len());
+    for (i, (a, b)) in inn.buffers.iter().zip(&out.buffers).enumerate() {
+        assert_eq!(a.2, b.2, "VP8 frame {i} re-encoded");
+        assert_eq!(a.1, b.1, "keyframe flag of frame {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_starts_with_header_and_keyframe_and_decodes() {
+    // Pacing on: the push lasts about as long as the clip, so a joiner can arrive mid-stream.
+    let server = Server::start(|a| a.pace = true).await;
+    for (i, kind) in [Media::WebmVp8Vorbis, Media::MpegTs]
+        .into_iter()
+        .enumerate()
+    {
+        let url = server.url(&format!("late{i}"));
+        let (tx, push) = push_stream(&url, None);
+        let data = media(kind);
+        let feeder = tokio::spawn(async move {
+            for c in chunk(&data, 16 << 10) {
+                if tx.send(c).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _first = open_watch(&url).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let watched = read_all(open_watch(&url).await).await;
+        feeder.await.unwrap();
+        assert_eq!(push.await.unwrap().status, 200);
+        assert!(
+            watched.body.starts_with(&EBML_MAGIC),
+            "{kind:?}: EBML header first"
+        );
+        let v = demux(&watched.body, "matroskademux").video.unwrap();
+        assert!(
+            v.buffers[0].1,
+            "{kind:?}: a joiner's first video frame is a keyframe"
+        );
+        let first_pts = v.buffers[0].0.unwrap();
+        assert!(
+            first_pts >= 900_000_000,
+            "{kind:?}: joined mid-stream (first frame at {first_pts} ns)"
+        );
+        let d = decode(&watched.body);
+        assert!(
+            d.video_frames >= 15 && d.video_frames < FRAMES,
+            "{kind:?}: {} frames",
+            d.video_frames
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_faster_than_real_time_is_paced() {
+    let server = Server::start(|a| a.pace = true).await;
+    let data = media(Media::WebmVp8Vorbis);
+    let t0 = Instant::now();
+    let pushed = push(&server.url("paced"), data, false).await;
+    let took = t0.elapsed();
+    assert_eq!(pushed.status, 200);
+    // Up to a second of lead is allowed; the rest plays out in real time. A lower bound only: slowness
+    // of this machine cannot make it fail.
+    assert!(
+        took >= Duration::from_millis(1700),
+        "a {SECONDS} s clip went through in {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_at_once_play_independently() {
+    let server = Server::start(|_| {}).await;
+    let (one, two) = (server.url("one"), server.url("two"));
+    let (a, b) = tokio::join!(
+        push_and_watch(&one, media(Media::WebmVp8Vorbis), true),
+        push_and_watch(&two, media(Media::Mp4Faststart), false),
+    );
+    assert_eq!((a.0.status, b.0.status), (200, 200));
+    check_output(Media::WebmVp8Vorbis, &a.1, "alongside another stream");
+    check_output(Media::Mp4Faststart, &b.1, "alongside another stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_dropped_and_does_not_slow_others() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.max_lag = 1.0;
+        a.send_buffer = 8 << 10;
+    })
+    .await;
+    let url = server.url("stall");
+    let (tx, push) = push_stream(&url, None);
+    let data = media(Media::WebmVp8Vorbis);
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&data, 16 << 10) {
+            let _ = tx.send(c).await;
+        }
+    });
+    let normal = open_watch(&url).await;
+    // A raw client with a tiny receive buffer that sends its request and never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = sock.connect(server.addr).await.unwrap();
+    stalled
+        .write_all(format!("GET /live/stall HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
+        .await
+        .unwrap();
+    let normal = read_all(normal).await;
+    feeder.await.unwrap();
+    assert_eq!(push.await.unwrap().status, 200);
+    // The reader that keeps up got the whole stream from its join point and it decodes.
+    let d = decode(&normal.body);
+    assert!(
+        d.video_frames >= FRAMES * 2 / 3,
+        "normal client decoded {} frames",
+        d.video_frames
+    );
+    // The stalled one was cut off: reading now finds what the socket buffers held, then the end.
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "the server closed the stalled connection");
+    assert!(
+        got.len() < normal.body.len(),
+        "stalled client got {} of {} bytes",
+        got.len(),
+        normal.body.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_that_disconnects_mid_stream_ends_clients_cleanly() {
+    let server = Server::start(|_| {}).await;
+    let data = media(Media::Mp4Fragmented);
+    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(b"PUT /live/cut HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let watcher = tokio::spawn({
+        let url = server.url("cut");
+        async move { read_all(open_watch(&url).await).await }
+    });
+    for c in chunk(&data.slice(..data.len() / 2), 4096) {
+        sock.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .await
+            .unwrap();
+        sock.write_all(&c).await.unwrap();
+        sock.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(sock); // no terminating chunk: the source vanished
+    let watched = watcher.await.unwrap();
+    assert!(watched.body.starts_with(&EBML_MAGIC));
+    let d = decode(&watched.body);
+    assert!(d.video_frames > 0, "what arrived before the cut plays");
+    assert!(server.state.registry.is_empty(), "the name is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_reports_the_content_type() {
+    let server = Server::start(|a| a.pace = true).await;
+    let url = server.url("radio");
+    let (tx, push) = push_stream(&url, None);
+    let data = media(Media::OggOpus);
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&data, 8 << 10) {
+            let _ = tx.send(c).await;
+        }
+    });
+    let _watch = open_watch(&url).await;
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "audio/webm");
+    feeder.await.unwrap();
+    push.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_input_ends_the_stream_cleanly() {
+    let server = Server::start(|_| {}).await;
+    let data = media(Media::MpegTs);
+    let half = data.slice(..data.len() / 2);
+    let (pushed, watched) = push_and_watch(&server.url("trunc"), half, false).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    let d = decode(&watched.body);
+    assert!(
+        d.video_frames > 10 && d.video_frames < FRAMES,
+        "{} frames",
+        d.video_frames
+    );
+}
