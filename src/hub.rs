@@ -202,12 +202,11 @@ impl Hub {
                     None => inner.joins.push_back(seq),
                 }
             }
-            if inner.video_track == Some(chunk.block.track) {
-                if let Some(start) = inner.open_cluster.take() {
-                    if chunk.block.keyframe {
-                        inner.joins.push_back(start);
-                    }
-                }
+            if inner.video_track == Some(chunk.block.track)
+                && let Some(start) = inner.open_cluster.take()
+                && chunk.block.keyframe
+            {
+                inner.joins.push_back(start);
             }
             let pts = chunk.block.pts_ns;
             inner.pts_range = Some(

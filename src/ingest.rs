@@ -343,7 +343,7 @@ fn bus_failure(msg: Option<gst::Message>, name: &str) -> Option<(String, String)
     };
     match msg.view() {
         gst::MessageView::Error(err) => {
-            let (path, text) = pipeline::describe_error(&err);
+            let (path, text) = pipeline::describe_error(err);
             tracing::warn!(stream = name, element = %path, debug = ?err.debug(), "pipeline error: {text}");
             Some((path, text))
         }

@@ -42,23 +42,19 @@ impl LaunchLine {
             .map_err(|e| Error::pipeline(format!("parsing the launch line: {e}")))?;
         pipeline.set_state(gst::State::Playing)?;
         let bus = pipeline.bus().expect("pipeline has a bus");
-        let result = loop {
-            let Some(msg) = bus.timed_pop_filtered(
-                gst::ClockTime::NONE,
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            ) else {
-                break Ok(());
-            };
-            match msg.view() {
-                gst::MessageView::Error(e) => {
-                    let path = e
-                        .src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default();
-                    break Err(Error::pipeline(format!("{path}: {}", e.error())));
-                }
-                _ => break Ok(()),
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::NONE,
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        let result = match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(e)) => {
+                let path = e
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default();
+                Err(Error::pipeline(format!("{path}: {}", e.error())))
             }
+            _ => Ok(()),
         };
         let _ = pipeline.set_state(gst::State::Null);
         result

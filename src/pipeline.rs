@@ -313,10 +313,10 @@ impl Builder {
             pipeline.add(&decoder)?;
             let target = branch_sink.downgrade();
             decoder.connect_pad_added(move |_, dpad| {
-                if let Some(t) = target.upgrade() {
-                    if !t.is_linked() {
-                        let _ = dpad.link(&t);
-                    }
+                if let Some(t) = target.upgrade()
+                    && !t.is_linked()
+                {
+                    let _ = dpad.link(&t);
                 }
             });
             decoder.sync_state_with_parent()?;

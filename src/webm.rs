@@ -176,10 +176,10 @@ impl Scanner {
     /// without output.
     fn step(&mut self) -> Result<Option<Option<Event>>, ScanError> {
         let abs = self.base + self.pos as u64;
-        if let Level::Cluster { end: Some(end) } = self.level {
-            if abs >= end {
-                self.level = Level::Segment;
-            }
+        if let Level::Cluster { end: Some(end) } = self.level
+            && abs >= end
+        {
+            self.level = Level::Segment;
         }
         let rest = &self.buf[self.pos..];
         let Some((id, id_len)) = read_id(rest) else {

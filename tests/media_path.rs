@@ -316,3 +316,49 @@ async fn truncated_input_ends_the_stream_cleanly() {
         d.video_frames
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_chunked_matroska_put_plays() {
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        eprintln!("ffmpeg not installed: skipped");
+        return;
+    }
+    let server = Server::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    std::fs::write(&input, media(Media::Mp4Faststart)).unwrap();
+    let url = server.url("ffmpeg");
+    let pusher = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            std::process::Command::new("ffmpeg")
+                .args([
+                    "-hide_banner",
+                    "-nostdin",
+                    "-loglevel",
+                    "error",
+                    "-re",
+                    "-i",
+                ])
+                .arg(&input)
+                .args(["-c", "copy", "-f", "matroska", "-method", "PUT", &url])
+                .output()
+                .unwrap()
+        }
+    });
+    let watched = read_all(open_watch(&url).await).await;
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(watched.content_type, "video/webm");
+    let d = decode(&watched.body);
+    assert!(d.video_frames >= FPS, "{} frames", d.video_frames);
+    assert!(d.audio_ns > 0);
+}
