@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up this machine (Debian 12 with Rust) for the tests and runs them: format check, clippy with
+# warnings as errors, and the whole test suite (unit and integration, real pipelines and sockets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+TEST_PACKAGES=(
+  # Test media generation and checks: x264enc (ugly), avenc_aac (libav), decoders; ffprobe/ffmpeg and curl
+  # as real clients.
+  ffmpeg
+  curl
+)
+ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+ensure_rust_tools
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets
