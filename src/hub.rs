@@ -730,6 +730,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keyframe_group_over_the_byte_cap_is_not_served_to_joiners() {
+        let h = Hub::new(
+            "t",
+            HubConfig {
+                join: JoinMode::Gop,
+                max_lag: Duration::from_secs(5),
+                max_gop_bytes: 30,
+            },
+        );
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1); // about 50 bytes: over the cap
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_available(&mut s).await.len(),
+            1,
+            "header only: waits for the next keyframe"
+        );
+        publish_gops(&mut p, 1, 1);
+        assert_eq!(read_available(&mut s).await.len(), 4);
+    }
+
+    #[tokio::test]
     async fn ring_is_bounded_by_bytes() {
         let h = hub(JoinMode::Gop, 60_000);
         let mut p = Publisher::new(h.clone());

@@ -362,3 +362,96 @@ async fn ffmpeg_chunked_matroska_put_plays() {
     assert!(d.video_frames >= FPS, "{} frames", d.video_frames);
     assert!(d.audio_ns > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcode_output_is_capped_in_size_and_rate() {
+    let server = Server::start(|a| {
+        a.encode.max_width = 160;
+        a.encode.max_height = 100;
+        a.encode.max_fps = 15;
+    })
+    .await;
+    let (pushed, watched) =
+        push_and_watch(&server.url("small"), media(Media::Mp4Faststart), true).await;
+    assert_eq!(pushed.status, 200);
+    let d = decode(&watched.body);
+    // 320x240 scaled into 160x100 keeping the 4:3 picture.
+    assert!(
+        d.width <= 160 && d.height <= 100,
+        "{}x{}",
+        d.width,
+        d.height
+    );
+    assert!(d.width >= 120 && d.height >= 90, "{}x{}", d.width, d.height);
+    let expected = SECONDS * 15;
+    assert!(
+        d.video_frames.abs_diff(expected) <= 3,
+        "{} frames at 15 fps",
+        d.video_frames
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcode_that_cannot_keep_real_time_drops_frames_and_says_so() {
+    // A video-encode template whose encoder takes 70 ms a frame: at 30 fps it falls behind real time.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("video-encode.pipeline"),
+        "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 ! videoconvert \
+         ! vp8enc deadline=1 keyframe-max-dist=30 ! identity sleep-time=70000",
+    )
+    .unwrap();
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.pipelines = Some(dir.path().to_path_buf());
+    })
+    .await;
+    let (pushed, watched) =
+        push_and_watch(&server.url("slow"), media(Media::Mp4Faststart), false).await;
+    assert_eq!(pushed.status, 200);
+    let dropped = pushed.json["frames_dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "{}", pushed.json);
+    let d = decode(&watched.body);
+    assert!(
+        d.video_frames > 0 && d.video_frames + dropped >= FRAMES - 2,
+        "{} decoded, {dropped} dropped",
+        d.video_frames
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limit_answers_503() {
+    let server = Server::start(|a| {
+        a.max_clients = 1;
+        a.pace = true;
+    })
+    .await;
+    let url = server.url("full");
+    let (tx, push) = push_stream(&url, None);
+    tx.send(media(Media::WebmVp8Vorbis).slice(..30_000))
+        .await
+        .unwrap();
+    let first = open_watch(&url).await;
+    let second = client().get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    drop(first);
+    drop(tx);
+    push.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_output_timestamps_follow_the_input() {
+    let server = Server::start(|_| {}).await;
+    let input = media(Media::WebmVp8Vorbis);
+    let (_, watched) = push_and_watch(&server.url("ts"), input.clone(), false).await;
+    let inn = demux(&input, "matroskademux");
+    let out = demux(&watched.body, "matroskademux");
+    for (i, o) in [
+        (inn.video.unwrap(), out.video.unwrap()),
+        (inn.audio.unwrap(), out.audio.unwrap()),
+    ] {
+        let a: Vec<_> = i.buffers.iter().map(|b| b.0).collect();
+        let b: Vec<_> = o.buffers.iter().map(|b| b.0).collect();
+        assert_eq!(a, b, "{} timestamps", i.caps);
+    }
+}
