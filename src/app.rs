@@ -8,10 +8,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::FailureLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::streams::Registry;
 use crate::templates::Templates;
+use crate::tokens::TokenStore;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -24,6 +26,11 @@ pub struct AppState {
     /// Free client slots (`--max-clients`).
     pub clients: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// Token server sessions (persisted under `--state-dir`).
+    pub tokens: TokenStore,
+    pub auth_failures: FailureLog,
+    /// Set once at startup (the registry's collector needs the state's address).
+    pub metrics: std::sync::OnceLock<prometheus_client::registry::Registry>,
 }
 
 /// A started daemon.
@@ -40,6 +47,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.pipelines_dir.as_deref(),
         &config.encode,
     )?);
+    let tokens = TokenStore::open(&config.state_dir)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -52,8 +60,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         transcodes: Arc::new(Semaphore::new(config.max_transcodes)),
         clients: Arc::new(Semaphore::new(config.max_clients)),
         shutdown: shutdown.clone(),
+        tokens,
+        auth_failures: FailureLog::default(),
+        metrics: Default::default(),
         config,
     });
+    let _ = state.metrics.set(crate::metrics::registry(&state));
     let router = crate::http::router(state.clone());
     let task = tokio::spawn(crate::http::serve(
         listener,
@@ -61,7 +73,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown,
         state.config.send_buffer,
     ));
-    tracing::info!(%addr, "transcast listening");
+    tracing::info!(%addr, token_server = state.config.token_server_enabled(), "transcast listening");
     Ok(Running { addr, state, task })
 }
 

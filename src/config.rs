@@ -69,6 +69,23 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8 << 20)]
     pub max_gop_bytes: usize,
 
+    /// Enables the token server: only callers in these masks (CIDR or address, repeatable, IPv4/IPv6) may use
+    /// the token and stream-control API, and pushing a stream needs a session token.
+    #[arg(long = "token-server", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    pub token_server: Vec<ipnet::IpNet>,
+
+    /// Without --token-server: masks whose callers may use the control API. Default: loopback only.
+    #[arg(long = "api-allow", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    pub api_allow: Vec<ipnet::IpNet>,
+
+    /// Proxies whose X-Forwarded-For is believed for the address checks (repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Directory for persistent state (token sessions). Created if missing.
+    #[arg(long, default_value = "transcast-state", env = "TRANSCAST_STATE_DIR")]
+    pub state_dir: PathBuf,
+
     /// Kernel send buffer (SO_SNDBUF) of each accepted connection, bytes; 0 keeps the system default.
     /// Bounds the socket memory a client that stops reading can pin.
     #[arg(long, default_value_t = 0)]
@@ -158,6 +175,27 @@ pub struct Config {
     pub encode: EncodeSettings,
     pub max_gop_bytes: usize,
     pub send_buffer: usize,
+    /// Token server masks; empty = token server off.
+    pub token_server: Vec<ipnet::IpNet>,
+    /// Control API masks when the token server is off.
+    pub api_allow: Vec<ipnet::IpNet>,
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+    pub state_dir: PathBuf,
+}
+
+impl Config {
+    pub fn token_server_enabled(&self) -> bool {
+        !self.token_server.is_empty()
+    }
+
+    /// Who may call the control API.
+    pub fn control_masks(&self) -> &[ipnet::IpNet] {
+        if self.token_server_enabled() {
+            &self.token_server
+        } else {
+            &self.api_allow
+        }
+    }
 }
 
 /// The operator-chosen values the templates are filled with (never client input).
@@ -228,6 +266,14 @@ impl Config {
             encode: a.encode.settings()?,
             max_gop_bytes: a.max_gop_bytes,
             send_buffer: a.send_buffer,
+            token_server: a.token_server,
+            api_allow: if a.api_allow.is_empty() {
+                crate::auth::loopback_masks()
+            } else {
+                a.api_allow
+            },
+            trusted_proxy: a.trusted_proxy,
+            state_dir: a.state_dir,
         })
     }
 }

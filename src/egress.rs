@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, header};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::auth;
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
 use crate::hub::SubscribeError;
@@ -26,10 +29,19 @@ pub const HEADER_WAIT: Duration = Duration::from_secs(10);
 pub async fn watch(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
+    headers: HeaderMap,
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Result<Response> {
     streams::validate_name(&name)?;
+    authorize_view(
+        &app,
+        &name,
+        &headers,
+        query.get("token").map(String::as_str),
+        conn.as_ref().map(|c| c.peer),
+    )?;
     let entry = app
         .registry
         .get(&name)
@@ -93,4 +105,46 @@ pub async fn watch(
         }
     });
     Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// With the token server on, a stream may be watched only when its session exists, has not expired and
+/// grants HTTP output; a session that restricts viewing also needs its view key.
+fn authorize_view(
+    app: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    if !app.config.token_server_enabled() {
+        return Ok(());
+    }
+    let session = app
+        .tokens
+        .get(name)
+        .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
+    if session.expired(time::OffsetDateTime::now_utc()) {
+        return Err(Error::unauthorized(format!(
+            "the session of '{name}' has expired"
+        )));
+    }
+    if !session.outputs.http {
+        return Err(Error::forbidden(format!(
+            "session '{name}' has no HTTP output"
+        )));
+    }
+    if let Some(hash) = &session.view_key_sha256 {
+        let ok = auth::presented_key(headers, token).is_some_and(|k| auth::secret_matches(k, hash));
+        if !ok {
+            let ip = peer.map(|p| auth::client_ip(p, headers, &app.config.trusted_proxy));
+            app.auth_failures.record(
+                ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                &format!("view of '{name}' without its view key"),
+            );
+            return Err(Error::unauthorized(format!(
+                "watching '{name}' needs its view key (?token=KEY)"
+            )));
+        }
+    }
+    Ok(())
 }

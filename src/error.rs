@@ -15,6 +15,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Kind {
     /// Malformed request (bad stream name, bad parameter).
     BadRequest,
+    /// Missing, wrong, revoked or expired credentials.
+    Unauthorized,
+    /// The caller is known but not allowed (address outside the masks, output not granted).
+    Forbidden,
     /// No such stream.
     NotFound,
     /// The stream name is already being pushed.
@@ -33,6 +37,8 @@ impl Kind {
     pub fn status(self) -> StatusCode {
         match self {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Busy => StatusCode::CONFLICT,
             Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -45,6 +51,8 @@ impl Kind {
     pub fn code(self) -> &'static str {
         match self {
             Kind::BadRequest => "bad_request",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
             Kind::NotFound => "not_found",
             Kind::Busy => "stream_busy",
             Kind::UnsupportedMedia => "unsupported_media",
@@ -71,6 +79,12 @@ impl Error {
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unauthorized, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(Kind::Forbidden, m)
     }
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(Kind::NotFound, m)

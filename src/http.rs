@@ -45,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(ingest::push)
                 .post(ingest::push),
         )
+        .route("/metrics", get(crate::metrics::scrape))
+        .merge(crate::api::router(state.clone()))
         .fallback(|| async { Error::not_found("no such route") })
         .with_state(state)
 }

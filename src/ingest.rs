@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -28,12 +30,14 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::app::AppState;
+use crate::auth;
 use crate::detect::{self, Probe};
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
 use crate::hub::{Hub, HubConfig};
 use crate::pipeline::{self, PipelineContext, StreamPipeline};
 use crate::streams::{self, StreamEntry};
+use crate::tokens::Session;
 
 /// After an error, read at most this much of the rest of the upload before closing ...
 pub const DRAIN_MAX_BYTES: usize = 1 << 20;
@@ -71,27 +75,51 @@ pub struct PushSummary {
     pub message: Option<String>,
 }
 
+/// What a push presents to be let in.
+struct Credentials {
+    ip: Option<std::net::IpAddr>,
+    headers: axum::http::HeaderMap,
+    token: Option<String>,
+}
+
 pub async fn push(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     conn: Option<axum::Extension<ConnInfo>>,
     req: Request,
 ) -> Response {
-    let peer = conn.map(|c| c.peer);
+    let peer = conn.as_ref().map(|c| c.peer);
     let expects_continue = req
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let creds = Credentials {
+        ip: peer.map(|p| auth::client_ip(p, req.headers(), &app.config.trusted_proxy)),
+        headers: req.headers().clone(),
+        token: query.get("token").cloned(),
+    };
     let mut body = req.into_body();
     let span = tracing::info_span!("push", stream = %name, peer = ?peer);
     let mut polled = false;
-    let result =
-        tracing::Instrument::instrument(run(&app, &name, &mut body, &mut polled), span.clone())
-            .await;
+    let result = tracing::Instrument::instrument(
+        run(&app, &name, &creds, &mut body, &mut polled),
+        span.clone(),
+    )
+    .await;
     match result {
         Ok(summary) => {
             span.in_scope(|| tracing::info!(end = ?summary.end, bytes_in = summary.bytes_in, media_ms = summary.media_duration_ms, "push ended"));
-            Json(summary).into_response()
+            let aborted = summary.end == End::Aborted;
+            let mut resp = Json(summary).into_response();
+            if aborted {
+                // The source may still be uploading: the connection ends with this answer.
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            resp
         }
         Err(e) => {
             span.in_scope(|| tracing::warn!(code = e.kind.code(), "push refused: {}", e.message));
@@ -153,10 +181,12 @@ fn sample(data: Bytes, caps: &gst::Caps) -> gst::Sample {
 async fn run(
     app: &Arc<AppState>,
     name: &str,
+    creds: &Credentials,
     body: &mut Body,
     polled: &mut bool,
 ) -> Result<PushSummary> {
     streams::validate_name(name)?;
+    let session = authorize(app, name, creds)?;
     let cfg = &app.config;
     let hub = Hub::new(
         name,
@@ -169,6 +199,7 @@ async fn run(
     let abort = app.shutdown.child_token();
     let reservation = app.registry.reserve(name, hub.clone(), abort.clone())?;
     let entry = reservation.entry.clone();
+    tokio::spawn(streams::sample_rates(Arc::downgrade(&entry)));
     // Whatever happens next, readers get a clean end.
     let _finish = FinishOnDrop(hub.clone());
 
@@ -178,7 +209,11 @@ async fn run(
     let detected = loop {
         let input = tokio::select! {
             i = next_input(body, cfg.source_timeout) => i,
-            _ = abort.cancelled() => return Err(Error::unavailable("the server is shutting down")),
+            _ = abort.cancelled() => return Err(if app.shutdown.is_cancelled() {
+                Error::unavailable("the server is shutting down")
+            } else {
+                Error::new(crate::error::Kind::Busy, "the stream was aborted")
+            }),
         };
         let complete = match input {
             Input::Data(d) => {
@@ -205,6 +240,15 @@ async fn run(
         }
     };
     let (detected, mut complete) = detected;
+    if let Some(s) = &session
+        && !s.allows_input(detected.container)
+    {
+        return Err(Error::unsupported(format!(
+            "session '{name}' may push only {}; this input is {}",
+            s.inputs.join(", "),
+            detected.container.name()
+        )));
+    }
     let _ = entry.container.set(detected.container);
     tracing::info!(input = detected.container.name(), caps = %detected.caps, "stream starting");
 
@@ -296,6 +340,12 @@ async fn run(
     }
 
     let started = hub.published_chunks() > 0;
+    if failure.is_some() {
+        app.registry
+            .totals
+            .pipeline_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
     if let Some((path, message)) = &failure {
         if !started {
             return Err(pipeline::early_error(&pipeline.shared, path, message));
@@ -366,4 +416,34 @@ impl Drop for FinishOnDrop {
     fn drop(&mut self) {
         self.0.finish();
     }
+}
+
+/// With the token server on, a push needs a live session for its name and, unless it is a compat session,
+/// the session's push key. Failures are 401 and logged (rate-limited) with the caller's address.
+fn authorize(app: &AppState, name: &str, creds: &Credentials) -> Result<Option<Session>> {
+    if !app.config.token_server_enabled() {
+        return Ok(None);
+    }
+    let ip = creds.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let fail = |why: &str| {
+        app.auth_failures
+            .record(ip, &format!("push to '{name}': {why}"));
+        Error::unauthorized(format!(
+            "pushing '{name}' needs a valid session token ({why})"
+        ))
+    };
+    let Some(session) = app.tokens.get(name) else {
+        return Err(fail("no such session, or it was revoked"));
+    };
+    if session.expired(time::OffsetDateTime::now_utc()) {
+        return Err(fail("the session has expired"));
+    }
+    if let Some(hash) = &session.push_key_sha256 {
+        match auth::presented_key(&creds.headers, creds.token.as_deref()) {
+            Some(k) if auth::secret_matches(k, hash) => {}
+            Some(_) => return Err(fail("wrong key")),
+            None => return Err(fail("no key: send Authorization: Bearer KEY or ?token=KEY")),
+        }
+    }
+    Ok(Some(session))
 }

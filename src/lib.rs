@@ -3,7 +3,12 @@
 //! is fanned out as live WebM to any number of HTTP clients.
 //!
 //! # Layout
-//! - [`app`]: shared state, startup checks (templates, listener), the server task.
+//! - [`app`]: shared state, startup checks (templates, token store, listener), the server task.
+//! - [`api`]: the control API (`/api/v1` streams and tokens; `api::compat` for soup-transcoding-proxy's
+//!   query strings); `api::dto` holds its JSON wire types.
+//! - [`auth`]: address masks, the caller behind trusted proxies, token secrets.
+//! - [`tokens`]: token server sessions, persisted atomically under `--state-dir`.
+//! - [`metrics`]: `/metrics` in Prometheus text, computed at scrape time.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with.
 //! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown).
@@ -18,7 +23,9 @@
 //! - [`streams`]: registry of live streams (name → entry), name rules, 409/503 on push.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod detect;
 pub mod egress;
@@ -27,8 +34,10 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod launchline;
+pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
 pub mod streams;
 pub mod templates;
+pub mod tokens;
 pub mod webm;

@@ -45,8 +45,10 @@ pub enum Mode {
 }
 
 /// State the streaming threads write and the ingest/API read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
+    /// For the API's graph dump; weak so the API never keeps a pipeline alive.
+    pipeline: glib::WeakRef<gst::Pipeline>,
     pub mode: Mutex<Mode>,
     /// Input track caps as the front exposed them, e.g. `video/x-h264`.
     pub input_codecs: Mutex<Vec<String>>,
@@ -118,8 +120,15 @@ impl StreamPipeline {
         appsrc.link(&front)?;
         mux.link(&sink)?;
 
-        let shared = Arc::new(Shared::default());
-        *shared.permit.lock().unwrap() = permit;
+        let shared = Arc::new(Shared {
+            pipeline: pipeline.downgrade(),
+            mode: Mutex::new(Mode::Starting),
+            input_codecs: Mutex::default(),
+            failure: Mutex::default(),
+            frames_dropped: AtomicU64::new(0),
+            permit: Mutex::new(permit),
+            last_drop_log: Mutex::default(),
+        });
         let pacer = Arc::new(Pacer::new(ctx.pace));
         let publisher = Mutex::new(Publisher::new(hub));
         sink.set_callbacks(
@@ -147,6 +156,16 @@ impl StreamPipeline {
             shared: shared.clone(),
             taken: Mutex::new((false, false)),
         });
+        if !matroska {
+            // decodebin's pads are raw; the codecs are seen while it autoplugs.
+            let s = Arc::downgrade(&shared);
+            front.connect("autoplug-continue", false, move |args| {
+                if let (Some(s), Ok(caps)) = (s.upgrade(), args[2].get::<gst::Caps>()) {
+                    s.record_codec(&caps);
+                }
+                Some(true.to_value())
+            });
+        }
         front.connect_pad_added(move |_, pad| {
             if let Err(e) = builder.on_front_pad(pad) {
                 builder.fail(e);
@@ -177,15 +196,65 @@ impl StreamPipeline {
     }
 
     pub fn mode(&self) -> Mode {
-        *self.shared.mode.lock().unwrap()
+        self.shared.mode()
+    }
+}
+
+impl Shared {
+    /// The running pipeline as a DOT graph (None once it is gone).
+    pub fn dot(&self) -> Option<String> {
+        let p = self.pipeline.upgrade()?;
+        Some(
+            p.debug_to_dot_data(gst::DebugGraphDetails::all())
+                .to_string(),
+        )
     }
 
-    /// The running pipeline as a DOT graph.
-    pub fn dot(&self) -> String {
-        self.pipeline
-            .debug_to_dot_data(gst::DebugGraphDetails::all())
-            .to_string()
+    pub fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap()
     }
+
+    /// Notes the codec of elementary-stream caps (containers and raw caps are ignored).
+    fn record_codec(&self, caps: &gst::CapsRef) {
+        if let Some(c) = codec_name(caps) {
+            let mut v = self.input_codecs.lock().unwrap();
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
+    }
+}
+
+/// Short codec name of elementary-stream caps: `h264`, `aac`, `vp8`...; None for containers and raw media.
+pub fn codec_name(caps: &gst::CapsRef) -> Option<String> {
+    let s = caps.structure(0)?;
+    let name = s.name().as_str();
+    let (kind, sub) = name.split_once('/')?;
+    if !matches!(kind, "video" | "audio") || sub == "x-raw" {
+        return None;
+    }
+    let short = match name {
+        "audio/mpeg" => match (
+            s.get::<i32>("mpegversion").unwrap_or(1),
+            s.get::<i32>("layer").unwrap_or(3),
+        ) {
+            (1, 3) => "mp3",
+            (1, _) => "mp2",
+            _ => "aac",
+        },
+        "video/mpeg" if s.get::<bool>("systemstream").unwrap_or(false) => return None,
+        "video/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(2) {
+            4 => "mpeg4",
+            1 => "mpeg1",
+            _ => "mpeg2",
+        },
+        // Containers typefind as video/... or audio/... too.
+        "video/quicktime" | "video/mpegts" | "video/x-flv" | "video/x-matroska" | "video/webm"
+        | "audio/webm" | "audio/x-matroska" | "video/x-msvideo" | "video/ogg" | "audio/ogg"
+        | "video/x-ms-asf" | "audio/x-m4a" | "video/x-3gp" | "audio/x-wav" => return None,
+        _ => sub.strip_prefix("x-").unwrap_or(sub),
+    };
+    Some(short.to_string())
 }
 
 impl Drop for StreamPipeline {
@@ -240,12 +309,10 @@ impl Builder {
             tracing::info!(stream = %self.name, caps = %caps_name, "ignoring extra or non-media track");
             return self.discard(pad);
         }
-        self.shared
-            .input_codecs
-            .lock()
-            .unwrap()
-            .push(caps_name.clone());
         let raw = caps_name.ends_with("/x-raw");
+        if !raw {
+            self.shared.record_codec(&caps);
+        }
         if !self.matroska && !raw {
             self.discard(pad)?;
             return Err(Error::unsupported(format!(

@@ -41,8 +41,16 @@ fn serve_help_explains_every_option() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_streams_and_stops_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-pace"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-pace",
+            "--state-dir",
+        ])
+        .arg(state.path())
         .env("TRANSCAST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

@@ -37,6 +37,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<transcast::app::AppState>,
     shutdown: CancellationToken,
+    /// The state directory, unless the caller chose one.
+    _state_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -49,13 +51,16 @@ impl Server {
         f: impl FnOnce(&mut ServeArgs),
     ) -> Result<Server, transcast::error::Error> {
         init();
+        let state_dir = tempfile::tempdir().unwrap();
         let mut args = ServeArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             pace: false,
             max_transcodes: Some(64),
+            state_dir: state_dir.path().to_path_buf(),
             ..ServeArgs::default()
         };
         f(&mut args);
+        let own_dir = args.state_dir == state_dir.path();
         let config = Config::from_args(args).unwrap();
         let shutdown = CancellationToken::new();
         let running = transcast::app::start(config, shutdown.clone()).await?;
@@ -63,6 +68,7 @@ impl Server {
             addr: running.addr,
             state: running.state,
             shutdown,
+            _state_dir: own_dir.then_some(state_dir),
         })
     }
 

@@ -1,0 +1,140 @@
+//! JSON wire types of the API, apart from the internal types they are built from. `api-docs/openapi.yaml`
+//! describes exactly these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Mode;
+
+#[derive(Debug, Serialize)]
+pub struct StreamInfo {
+    pub name: String,
+    pub mode: Mode,
+    pub input: InputInfo,
+    pub output: OutputInfo,
+    /// RFC 3339.
+    pub started_at: String,
+    pub bytes_in: u64,
+    /// Bytes sent to clients, all clients together.
+    pub bytes_out: u64,
+    pub bitrate_in_bps: u64,
+    pub bitrate_out_bps: u64,
+    pub clients: ClientStats,
+    /// Media seconds produced per wall-clock second over the last second (transcodes only).
+    pub encoder_realtime_factor: Option<f64>,
+    pub frames_dropped: u64,
+    pub rtp_targets: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InputInfo {
+    pub container: Option<&'static str>,
+    pub codecs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputInfo {
+    pub content_type: Option<&'static str>,
+    pub codecs: Vec<String>,
+    pub width: Option<u64>,
+    pub height: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientStats {
+    pub now: usize,
+    pub total: u64,
+    /// Disconnected for staying behind longer than `--max-lag`.
+    pub dropped: u64,
+    /// Times a client that fell behind was moved forward to a newer keyframe.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub session_id: String,
+    #[serde(default = "any_input")]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub outputs: NewOutputs,
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub view_restricted: bool,
+}
+
+fn any_input() -> Vec<String> {
+    vec!["any".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOutputs {
+    #[serde(default = "yes")]
+    pub http: bool,
+    #[serde(default)]
+    pub rtp_udp: Vec<String>,
+}
+
+impl Default for NewOutputs {
+    fn default() -> Self {
+        NewOutputs {
+            http: true,
+            rtp_udp: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenCreated {
+    pub session_id: String,
+    pub push_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenInfo {
+    pub session_id: String,
+    pub origin: crate::tokens::Origin,
+    pub inputs: Vec<String>,
+    pub outputs: OutputsInfo,
+    pub expires_at: Option<String>,
+    pub created_at: String,
+    pub view_restricted: bool,
+    pub expired: bool,
+    /// A stream of this session is being pushed now.
+    pub live: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputsInfo {
+    pub http: bool,
+    pub rtp_udp: Vec<String>,
+}
+
+/// soup-transcoding-proxy's `list-tokens` entry.
+#[derive(Debug, Serialize)]
+pub struct CompatToken {
+    pub sessionid: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// soup-transcoding-proxy's `list-streams` entry.
+#[derive(Debug, Serialize)]
+pub struct CompatStream {
+    pub sessionid: String,
+    pub mode: Mode,
+    pub clients: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompatOk {
+    pub sessionid: String,
+    pub status: &'static str,
+}

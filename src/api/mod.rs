@@ -1,0 +1,306 @@
+//! The control API: streams (list, details, abort, graph) and the token server under `/api/v1`, and
+//! soup-transcoding-proxy's query-string API under `/api` ([`compat`]).
+//!
+//! Every route here answers only callers in the control masks: `--token-server` when the token server is
+//! on, else `--api-allow` (loopback by default). The address is the peer's, or `X-Forwarded-For` from a
+//! `--trusted-proxy`.
+
+pub mod compat;
+pub mod dto;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::error::{Error, Result};
+use crate::http::ConnInfo;
+use crate::streams::{self, StreamEntry};
+use crate::tokens::{self, Origin, Outputs, Session};
+use dto::*;
+
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/streams", get(list_streams))
+        .route(
+            "/api/v1/streams/{name}",
+            get(get_stream).delete(abort_stream),
+        )
+        .route("/api/v1/streams/{name}/graph", get(stream_graph))
+        .route("/api/v1/tokens", get(list_tokens).post(add_token))
+        .route(
+            "/api/v1/tokens/{session_id}",
+            get(get_token).delete(revoke_token),
+        )
+        .merge(compat::router())
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            require_control_caller,
+        ))
+}
+
+/// Refuses callers outside the control masks with 403.
+async fn require_control_caller(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(conn) = req.extensions().get::<ConnInfo>() else {
+        return Error::forbidden("caller address unknown").into_response();
+    };
+    let ip = auth::client_ip(conn.peer, req.headers(), &app.config.trusted_proxy);
+    if !auth::allowed(app.config.control_masks(), ip) {
+        tracing::warn!(%ip, path = %req.uri().path(), "control API call from outside the allowed masks");
+        return Error::forbidden(format!("{ip} may not use the control API")).into_response();
+    }
+    next.run(req).await
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn codec_of_track(codec_id: &str) -> String {
+    match codec_id {
+        "V_VP8" => "vp8".into(),
+        "V_VP9" => "vp9".into(),
+        "A_VORBIS" => "vorbis".into(),
+        "A_OPUS" => "opus".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+pub fn stream_info(app: &AppState, e: &StreamEntry) -> StreamInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tracks = e.hub.tracks();
+    let video = tracks
+        .iter()
+        .find(|t| t.kind == crate::webm::TrackKind::Video);
+    let shared = e.pipeline.get();
+    let mode = shared.map(|s| s.mode()).unwrap_or_default();
+    let rates = *e.rates.lock().unwrap();
+    let stats = &e.hub.stats;
+    StreamInfo {
+        name: e.name.clone(),
+        mode,
+        input: InputInfo {
+            container: e.container.get().map(|c| c.name()),
+            codecs: shared
+                .map(|s| s.input_codecs.lock().unwrap().clone())
+                .unwrap_or_default(),
+        },
+        output: OutputInfo {
+            content_type: (!tracks.is_empty()).then_some(if video.is_some() {
+                "video/webm"
+            } else {
+                "audio/webm"
+            }),
+            codecs: tracks.iter().map(|t| codec_of_track(&t.codec)).collect(),
+            width: video.and_then(|v| v.width),
+            height: video.and_then(|v| v.height),
+        },
+        started_at: rfc3339(OffsetDateTime::from(e.started_at)),
+        bytes_in: e.bytes_in.load(Relaxed),
+        bytes_out: stats.bytes_sent.load(Relaxed),
+        bitrate_in_bps: rates.bitrate_in_bps,
+        bitrate_out_bps: rates.bitrate_out_bps,
+        clients: ClientStats {
+            now: stats.clients_now.load(Relaxed),
+            total: stats.clients_total.load(Relaxed),
+            dropped: stats.dropped.load(Relaxed),
+            skipped: stats.skips.load(Relaxed),
+        },
+        encoder_realtime_factor: rates
+            .realtime_factor
+            .filter(|_| mode == crate::pipeline::Mode::Transcode),
+        frames_dropped: shared.map_or(0, |s| s.frames_dropped.load(Relaxed)),
+        rtp_targets: app
+            .tokens
+            .get(&e.name)
+            .map(|s| s.outputs.rtp_udp.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn entry(app: &AppState, name: &str) -> Result<Arc<StreamEntry>> {
+    streams::validate_name(name)?;
+    app.registry
+        .get(name)
+        .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))
+}
+
+async fn list_streams(State(app): State<Arc<AppState>>) -> Json<Vec<StreamInfo>> {
+    Json(
+        app.registry
+            .list()
+            .iter()
+            .map(|e| stream_info(&app, e))
+            .collect(),
+    )
+}
+
+async fn get_stream(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<StreamInfo>> {
+    let e = entry(&app, &name)?;
+    Ok(Json(stream_info(&app, &e)))
+}
+
+/// Aborts a stream: its source connection is closed and every client gets a clean end.
+async fn abort_stream(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    let e = entry(&app, &name)?;
+    tracing::info!(stream = %name, "aborted through the API");
+    e.abort.cancel();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stream_graph(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let e = entry(&app, &name)?;
+    let dot = e
+        .pipeline
+        .get()
+        .and_then(|s| s.dot())
+        .ok_or_else(|| Error::not_found(format!("stream '{name}' has no pipeline yet")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/vnd.graphviz; charset=utf-8"),
+        )],
+        dot,
+    )
+        .into_response())
+}
+
+fn token_info(app: &AppState, s: &Session) -> TokenInfo {
+    TokenInfo {
+        session_id: s.session_id.clone(),
+        origin: s.origin,
+        inputs: s.inputs.clone(),
+        outputs: OutputsInfo {
+            http: s.outputs.http,
+            rtp_udp: s.outputs.rtp_udp.iter().map(ToString::to_string).collect(),
+        },
+        expires_at: s.expires_at.map(rfc3339),
+        created_at: rfc3339(s.created_at),
+        view_restricted: s.view_key_sha256.is_some(),
+        expired: s.expired(OffsetDateTime::now_utc()),
+        live: app.registry.get(&s.session_id).is_some(),
+    }
+}
+
+pub fn parse_rtp_targets(targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
+    targets
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|_| Error::bad_request(format!("RTP/UDP target '{t}' is not an IP:port")))
+        })
+        .collect()
+}
+
+/// Persists a session off the async workers (the store fsyncs).
+pub async fn store_add(app: &Arc<AppState>, session: Session) -> Result<()> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.tokens.add(session))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+}
+
+/// Revokes a session and aborts its live stream, if any.
+pub async fn store_revoke(app: &Arc<AppState>, id: &str) -> Result<Session> {
+    let a = app.clone();
+    let key = id.to_string();
+    let old = tokio::task::spawn_blocking(move || a.tokens.revoke(&key))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+    if let Some(e) = app.registry.get(id) {
+        tracing::info!(stream = %id, "session revoked: aborting its stream");
+        e.abort.cancel();
+    }
+    Ok(old)
+}
+
+async fn add_token(
+    State(app): State<Arc<AppState>>,
+    body: std::result::Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<TokenCreated>)> {
+    let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
+    streams::validate_name(&req.session_id)?;
+    tokens::validate_inputs(&req.inputs)?;
+    let expires_at = req
+        .expires_at
+        .as_deref()
+        .map(|t| OffsetDateTime::parse(t, &Rfc3339))
+        .transpose()
+        .map_err(|e| Error::bad_request(format!("expires_at is not RFC 3339: {e}")))?;
+    let push_key = auth::new_secret();
+    let view_key = req.view_restricted.then(auth::new_secret);
+    let session = Session {
+        session_id: req.session_id.clone(),
+        origin: Origin::Native,
+        inputs: req.inputs,
+        outputs: Outputs {
+            http: req.outputs.http,
+            rtp_udp: parse_rtp_targets(&req.outputs.rtp_udp)?,
+        },
+        expires_at,
+        created_at: OffsetDateTime::now_utc(),
+        push_key_sha256: Some(auth::hash_secret(&push_key)),
+        view_key_sha256: view_key.as_deref().map(auth::hash_secret),
+    };
+    store_add(&app, session).await?;
+    tracing::info!(session = %req.session_id, "session added");
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            session_id: req.session_id,
+            push_key,
+            view_key,
+        }),
+    ))
+}
+
+async fn list_tokens(State(app): State<Arc<AppState>>) -> Json<Vec<TokenInfo>> {
+    Json(
+        app.tokens
+            .list()
+            .iter()
+            .map(|s| token_info(&app, s))
+            .collect(),
+    )
+}
+
+async fn get_token(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>> {
+    let s = app
+        .tokens
+        .get(&id)
+        .ok_or_else(|| Error::not_found(format!("no session '{id}'")))?;
+    Ok(Json(token_info(&app, &s)))
+}
+
+async fn revoke_token(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    store_revoke(&app, &id).await?;
+    tracing::info!(session = %id, "session revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

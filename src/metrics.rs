@@ -1,0 +1,199 @@
+//! `GET /metrics`: Prometheus text, computed at scrape time from the live registry plus the totals of
+//! streams that have ended. No label carries a stream name, so cardinality stays bounded whatever is pushed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::app::AppState;
+use crate::pipeline::Mode;
+
+/// Counters of streams that have ended (live streams are summed at scrape time).
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub streams: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub clients: AtomicU64,
+    pub clients_dropped: AtomicU64,
+    pub pipeline_errors: AtomicU64,
+    pub frames_dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+struct StateCollector(std::sync::Weak<AppState>);
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(app) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let (
+            live,
+            [
+                streams_ended,
+                t_bytes_in,
+                t_bytes_out,
+                t_clients,
+                t_dropped,
+                pipeline_errors,
+                t_frames,
+            ],
+        ) = app.registry.snapshot();
+        let (mut starting, mut pass, mut trans) = (0i64, 0i64, 0i64);
+        let (mut bytes_in, mut bytes_out, mut clients_total, mut dropped, mut frames_dropped) =
+            (t_bytes_in, t_bytes_out, t_clients, t_dropped, t_frames);
+        let mut clients_now = 0i64;
+        let mut rt_min: Option<f64> = None;
+        for e in &live {
+            let mode = e.pipeline.get().map(|s| s.mode()).unwrap_or_default();
+            match mode {
+                Mode::Starting => starting += 1,
+                Mode::Passthrough => pass += 1,
+                Mode::Transcode => trans += 1,
+            }
+            let s = &e.hub.stats;
+            bytes_in += e.bytes_in.load(Relaxed);
+            bytes_out += s.bytes_sent.load(Relaxed);
+            clients_total += s.clients_total.load(Relaxed);
+            dropped += s.dropped.load(Relaxed);
+            clients_now += s.clients_now.load(Relaxed) as i64;
+            frames_dropped += e
+                .pipeline
+                .get()
+                .map_or(0, |p| p.frames_dropped.load(Relaxed));
+            if mode == Mode::Transcode
+                && let Some(rt) = e.rates.lock().unwrap().realtime_factor
+            {
+                rt_min = Some(rt_min.map_or(rt, |m: f64| m.min(rt)));
+            }
+        }
+
+        let g = ConstGauge::new(0i64);
+        let mut streams = enc.encode_descriptor(
+            "transcast_streams",
+            "Live streams by mode",
+            None,
+            g.metric_type(),
+        )?;
+        for (mode, n) in [
+            ("starting", starting),
+            ("passthrough", pass),
+            ("transcode", trans),
+        ] {
+            ConstGauge::new(n).encode(streams.encode_family(&[("mode", mode)])?)?;
+        }
+        gauge(
+            &mut enc,
+            "transcast_clients",
+            "HTTP clients connected now",
+            clients_now,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_streams_ended",
+            "Streams that have ended",
+            streams_ended,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_bytes_in",
+            "Bytes received from sources",
+            bytes_in,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_bytes_out",
+            "Bytes sent to HTTP clients",
+            bytes_out,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_clients_served",
+            "HTTP clients that joined a stream",
+            clients_total,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_clients_dropped",
+            "Clients disconnected for lagging longer than --max-lag",
+            dropped,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_pipeline_errors",
+            "Streams ended or refused by a pipeline error",
+            pipeline_errors,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_frames_dropped",
+            "Frames dropped because a transcode fell behind real time",
+            frames_dropped,
+        )?;
+        if let Some(rt) = rt_min {
+            let g = ConstGauge::new(rt);
+            let m = enc.encode_descriptor(
+                "transcast_encoder_realtime_factor_min",
+                "Lowest media-seconds-per-second of the transcoding streams (below 1: falling behind)",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// The registry behind `/metrics`, reading `app` at each scrape.
+pub fn registry(app: &Arc<AppState>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(StateCollector(Arc::downgrade(app))));
+    r
+}
+
+pub async fn scrape(State(app): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    let registry = app.metrics.get().expect("set at startup");
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        return crate::error::Error::internal(format!("encoding metrics: {e}")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
+}
