@@ -36,6 +36,29 @@ pub struct ConnInfo {
     pub kill: CancellationToken,
 }
 
+/// Every (method, path) the router serves, in the OpenAPI spec's path syntax. The tests hold this list
+/// against `api-docs/openapi.yaml` and against the router itself, so a route cannot go undocumented.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/live/{name}"),
+    ("head", "/live/{name}"),
+    ("put", "/live/{name}"),
+    ("post", "/live/{name}"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/streams"),
+    ("get", "/api/v1/streams/{name}"),
+    ("delete", "/api/v1/streams/{name}"),
+    ("get", "/api/v1/streams/{name}/graph"),
+    ("get", "/api/v1/tokens"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens/{session_id}"),
+    ("delete", "/api/v1/tokens/{session_id}"),
+    ("post", "/api/add-token"),
+    ("delete", "/api/revoke-token"),
+    ("get", "/api/list-tokens"),
+    ("get", "/api/list-streams"),
+    ("delete", "/api/abort-stream"),
+];
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(

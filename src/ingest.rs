@@ -276,6 +276,9 @@ async fn run(
     let mut pending = Some(head.freeze());
     let mut end = None;
     let mut failure: Option<(String, String)> = None;
+    // Some demuxers know where the media ends (qtdemux reads it from `moov`) and finish the pipeline before
+    // the upload is over: that is a normal end.
+    let mut drained = false;
 
     // Feed the upload until it ends, times out, is aborted or the pipeline fails.
     while end.is_none() {
@@ -291,7 +294,11 @@ async fn run(
                         complete = true;
                     }
                 },
-                msg = bus.next() => if let Some(f) = bus_failure(msg, name) { failure = Some(f); break; },
+                msg = bus.next() => match bus_event(msg, name) {
+                    Some(BusEvent::Eos) => { drained = true; end = Some(End::Eos); }
+                    Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
+                    None => {}
+                },
                 _ = abort.cancelled() => { end = Some(End::Aborted); }
             }
             continue;
@@ -315,20 +322,25 @@ async fn run(
                     end = Some(End::InputError);
                 }
             },
-            msg = bus.next() => if let Some(f) = bus_failure(msg, name) { failure = Some(f); break; },
+            msg = bus.next() => match bus_event(msg, name) {
+                Some(BusEvent::Eos) => { drained = true; end = Some(End::Eos); }
+                Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
+                None => {}
+            },
             _ = abort.cancelled() => end = Some(End::Aborted),
         }
     }
 
     // Drain: EOS into the pipeline, wait for it to come out (or fail).
-    if failure.is_none() && end != Some(End::Aborted) {
+    if failure.is_none() && !drained && end != Some(End::Aborted) {
         pipeline.end_of_stream();
         let deadline = Instant::now() + EOS_TIMEOUT;
         loop {
             tokio::select! {
-                msg = bus.next() => match msg {
-                    Some(m) if matches!(m.view(), gst::MessageView::Eos(_)) => break,
-                    other => if let Some(f) = bus_failure(other, name) { failure = Some(f); break; },
+                msg = bus.next() => match bus_event(msg, name) {
+                    Some(BusEvent::Eos) => break,
+                    Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
+                    None => {}
                 },
                 _ = abort.cancelled() => { end = Some(End::Aborted); break; }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -386,18 +398,29 @@ fn summary(
     }
 }
 
-/// Logs a bus message; returns `(element path, message)` when it ends the stream.
-fn bus_failure(msg: Option<gst::Message>, name: &str) -> Option<(String, String)> {
+/// Bus messages that end the feeding of a stream.
+enum BusEvent {
+    /// The pipeline has output everything.
+    Eos,
+    /// (element path, message).
+    Failed(String, String),
+}
+
+/// Logs a bus message and says whether it ends the stream.
+fn bus_event(msg: Option<gst::Message>, name: &str) -> Option<BusEvent> {
     let Some(msg) = msg else {
-        return Some((String::new(), "pipeline bus closed".into()));
+        return Some(BusEvent::Failed(
+            String::new(),
+            "pipeline bus closed".into(),
+        ));
     };
     match msg.view() {
         gst::MessageView::Error(err) => {
             let (path, text) = pipeline::describe_error(err);
             tracing::warn!(stream = name, element = %path, debug = ?err.debug(), "pipeline error: {text}");
-            Some((path, text))
+            Some(BusEvent::Failed(path, text))
         }
-        gst::MessageView::Eos(_) => Some((String::new(), "unexpected end of stream".into())),
+        gst::MessageView::Eos(_) => Some(BusEvent::Eos),
         gst::MessageView::Warning(w) => {
             let path = w
                 .src()

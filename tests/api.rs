@@ -1,0 +1,848 @@
+//! The control API, token server, compat paths and metrics, end to end with real pushes and GETs. Every
+//! JSON answer is checked against `api-docs/openapi.yaml`, and the spec against the router's routes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn spec() -> &'static Value {
+    static SPEC: OnceLock<Value> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/api-docs/openapi.yaml"
+        ))
+        .unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    })
+}
+
+/// Validates a JSON answer against the spec's schema for (path template, method, status).
+fn conforms(path: &str, method: &str, status: u16, body: &Value) {
+    let op = &spec()["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not in the spec");
+    let mut resp = &op["responses"][status.to_string()];
+    assert!(
+        resp.is_object(),
+        "{method} {path} answered {status}, which the spec does not list"
+    );
+    if let Some(r) = resp["$ref"].as_str() {
+        resp = &spec()["components"]["responses"][r.rsplit('/').next().unwrap()];
+    }
+    let schema = &resp["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status}: no JSON schema in the spec"
+    );
+    let root = json!({"allOf": [schema], "components": spec()["components"]});
+    let validator = jsonschema::validator_for(&root).expect("the spec's schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match the spec: {errors:?}\n{body}"
+    );
+}
+
+struct Api<'a> {
+    server: &'a Server,
+}
+
+impl Api<'_> {
+    /// Calls the API and checks the answer against the spec; returns (status, JSON or Null).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        template: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_with(method, path, template, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        template: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req =
+            client().request(method.clone(), format!("http://{}{path}", self.server.addr));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        if !v.is_null() {
+            conforms(template, &method.as_str().to_lowercase(), status, &v);
+        } else {
+            assert!(
+                spec()["paths"][template][method.as_str().to_lowercase()]["responses"]
+                    [status.to_string()]
+                .is_object()
+            );
+        }
+        (status, v)
+    }
+}
+
+async fn add_token(api: &Api<'_>, body: Value) -> Value {
+    let (st, v) = api
+        .call(Method::POST, "/api/v1/tokens", "/api/v1/tokens", Some(body))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    v
+}
+
+fn with_key(url: &str, key: &str) -> String {
+    format!("{url}?token={key}")
+}
+
+#[test]
+fn every_route_is_in_the_spec_and_every_spec_route_is_served() {
+    let mut in_spec: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec()["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
+            in_spec.push((method.clone(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = transcast::http::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    in_spec.sort();
+    served.sort();
+    assert_eq!(in_spec, served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_table_matches_the_router() {
+    // Each listed route reaches a handler (never the "no such route" fallback, never 405).
+    let server = Server::start(|_| {}).await;
+    for (method, path) in transcast::http::ROUTES {
+        let path = path
+            .replace("{name}", "nobody")
+            .replace("{session_id}", "nobody");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let resp = client()
+            .request(method.clone(), format!("http://{}{path}", server.addr))
+            .body(if method == Method::PUT || method == Method::POST {
+                "x"
+            } else {
+                ""
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), 405, "{method} {path}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            !text.contains("no such route"),
+            "{method} {path} hit the fallback"
+        );
+    }
+    let resp = client()
+        .get(format!("http://{}/api/v1/nothing", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("no such route"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_api_reports_details_graph_and_aborts() {
+    let server = Server::start(|a| a.pace = true).await;
+    let api = Api { server: &server };
+    let url = server.url("cam");
+    let (tx, push) = push_stream(&url, None);
+    // MPEG-TS: no index, so the stream lasts as long as the upload (an MP4's ends with its last sample).
+    let data = media(Media::MpegTs);
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&data, 16 << 10) {
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+        // Hold the upload open: the operator will abort it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let watcher = tokio::spawn({
+        let url = url.clone();
+        async move { read_all(open_watch(&url).await).await }
+    });
+    // Mid-stream: paced output is flowing, the rate sampler has run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (st, list) = api
+        .call(Method::GET, "/api/v1/streams", "/api/v1/streams", None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, s) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/cam",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(s["mode"], "transcode");
+    assert_eq!(s["input"]["container"], "mpegts");
+    let codecs_in = s["input"]["codecs"].as_array().unwrap();
+    assert!(
+        codecs_in.contains(&json!("h264")) && codecs_in.contains(&json!("aac")),
+        "{s}"
+    );
+    assert_eq!(s["output"]["codecs"], json!(["vp8", "vorbis"]));
+    assert_eq!(
+        (
+            s["output"]["width"].as_u64(),
+            s["output"]["height"].as_u64()
+        ),
+        (Some(320), Some(240))
+    );
+    assert_eq!(s["output"]["content_type"], "video/webm");
+    assert_eq!(s["clients"]["now"], 1, "{s}");
+    assert!(
+        s["bytes_in"].as_u64().unwrap() > 0 && s["bytes_out"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    assert!(s["bitrate_out_bps"].as_u64().unwrap() > 0, "{s}");
+    let rt = s["encoder_realtime_factor"]
+        .as_f64()
+        .expect("a transcode reports its real-time factor");
+    assert!(rt > 0.0, "{s}");
+
+    let graph = client()
+        .get(format!("http://{}/api/v1/streams/cam/graph", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(graph.status(), 200);
+    let dot = graph.text().await.unwrap();
+    assert!(
+        dot.starts_with("digraph") && dot.contains("vp8enc"),
+        "{}",
+        &dot[..dot.len().min(200)]
+    );
+
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/streams/cam",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let watched = watcher.await.unwrap();
+    assert!(
+        decode(&watched.body).video_frames > 0,
+        "the client's response ended cleanly and plays"
+    );
+    let pushed = tokio::time::timeout(Duration::from_secs(10), push)
+        .await
+        .expect("source answered")
+        .unwrap();
+    assert_eq!(pushed.json["end"], "aborted");
+    feeder.abort();
+    assert!(server.state.registry.is_empty());
+    let (st, e) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/cam",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!((st, e["error"]["code"].as_str()), (404, Some("not_found")));
+    let (st, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/bad%20name",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifecycle_with_real_pushes_and_views() {
+    let server = Server::start(|a| a.token_server = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let api = Api { server: &server };
+    let url = server.url("cam");
+    let mp4 = media(Media::Mp4Faststart);
+
+    // No session yet: 401.
+    let r = push(&url, mp4.clone(), false).await;
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    let t = add_token(
+        &api,
+        json!({"session_id": "cam", "inputs": ["mp4", "mpegts"], "outputs": {"http": true}}),
+    )
+    .await;
+    let key = t["push_key"].as_str().unwrap().to_string();
+    assert!(key.len() >= 32, "at least 128 bits");
+    assert!(t.get("view_key").is_none());
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            "/api/v1/tokens",
+            Some(json!({"session_id": "cam"})),
+        )
+        .await;
+    assert_eq!(st, 409);
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            "/api/v1/tokens",
+            Some(json!({"session_id": "x", "inputs": ["mkv"]})),
+        )
+        .await;
+    assert_eq!(st, 400);
+
+    // Missing and wrong keys.
+    assert_eq!(push(&url, mp4.clone(), false).await.status, 401);
+    assert_eq!(
+        push(&with_key(&url, "0123abcd"), mp4.clone(), false)
+            .await
+            .status,
+        401
+    );
+
+    // Key in the query; watched.
+    let (pushed, watched) = push_and_watch(&with_key(&url, &key), mp4.clone(), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert!(decode(&watched.body).video_frames > 0);
+
+    // Key in the header.
+    let resp = client()
+        .put(&url)
+        .bearer_auth(&key)
+        .body(media(Media::MpegTs).to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // An input kind the session does not allow: 415 naming what it allows.
+    let r = push(&with_key(&url, &key), media(Media::WebmVp8Vorbis), false).await;
+    assert_eq!(r.status, 415);
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mp4, mpegts"),
+        "{}",
+        r.json
+    );
+
+    // Listing shows no secrets.
+    let (st, list) = api
+        .call(Method::GET, "/api/v1/tokens", "/api/v1/tokens", None)
+        .await;
+    assert_eq!(st, 200);
+    assert!(!list.to_string().contains(&key));
+    assert_eq!(list[0]["session_id"], "cam");
+
+    // Revoking during a live push aborts the stream; afterwards pushes are refused.
+    let (tx, live) = push_stream(&with_key(&url, &key), None);
+    tx.send(mp4.slice(..40_000)).await.unwrap();
+    let _w = open_watch(&url).await;
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/cam",
+            "/api/v1/tokens/{session_id}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let r = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .expect("aborted")
+        .unwrap();
+    assert_eq!(r.json["end"], "aborted", "{}", r.json);
+    drop(tx);
+    assert_eq!(
+        push(&with_key(&url, &key), mp4.clone(), false).await.status,
+        401
+    );
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/cam",
+            "/api/v1/tokens/{session_id}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_need_http_output_and_the_view_key_when_restricted() {
+    let server = Server::start(|a| a.token_server = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let api = Api { server: &server };
+    let webm = media(Media::WebmVp8Vorbis);
+
+    // A session without HTTP output: its stream cannot be watched.
+    let t = add_token(
+        &api,
+        json!({"session_id": "rtponly", "outputs": {"http": false, "rtp_udp": ["127.0.0.1:5004"]}}),
+    )
+    .await;
+    let url = server.url("rtponly");
+    let (tx, held) = push_stream(&with_key(&url, t["push_key"].as_str().unwrap()), None);
+    tx.send(webm.slice(..20_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    drop(tx);
+    held.await.unwrap();
+
+    // Restricted viewing: the view key is needed, the push key is not it.
+    let t = add_token(
+        &api,
+        json!({"session_id": "private", "view_restricted": true}),
+    )
+    .await;
+    let (push_key, view_key) = (
+        t["push_key"].as_str().unwrap(),
+        t["view_key"].as_str().unwrap(),
+    );
+    let url = server.url("private");
+    let (tx, held) = push_stream(&with_key(&url, push_key), None);
+    tx.send(webm.slice(..30_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client()
+            .get(with_key(&url, push_key))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ok = client().get(with_key(&url, view_key)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    drop(ok);
+    drop(tx);
+    held.await.unwrap();
+
+    // An expired session can neither push nor be watched.
+    add_token(
+        &api,
+        json!({"session_id": "old", "expires_at": "2001-01-01T00:00:00+02:00"}),
+    )
+    .await;
+    let (_, info) = api
+        .call(
+            Method::GET,
+            "/api/v1/tokens/old",
+            "/api/v1/tokens/{session_id}",
+            None,
+        )
+        .await;
+    assert_eq!(info["expired"], true);
+    assert_eq!(
+        push(&server.url("old"), webm.clone(), false).await.status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_outside_the_masks_get_403() {
+    // Token server for 10/8 only: loopback is outside.
+    let server = Server::start(|a| a.token_server = vec!["10.0.0.0/8".parse().unwrap()]).await;
+    let api = Api { server: &server };
+    for (path, template) in [
+        ("/api/v1/streams", "/api/v1/streams"),
+        ("/api/v1/tokens", "/api/v1/tokens"),
+        ("/api/list-tokens", "/api/list-tokens"),
+    ] {
+        let (st, v) = api.call(Method::GET, path, template, None).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+    }
+    // Behind a trusted proxy, X-Forwarded-For decides.
+    drop(server);
+    let server = Server::start(|a| {
+        a.token_server = vec!["10.0.0.0/8".parse().unwrap()];
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let api = Api { server: &server };
+    let (st, _) = api
+        .call_with(
+            Method::GET,
+            "/api/v1/tokens",
+            "/api/v1/tokens",
+            None,
+            &[("x-forwarded-for", "10.9.8.7")],
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = api
+        .call_with(
+            Method::GET,
+            "/api/v1/tokens",
+            "/api/v1/tokens",
+            None,
+            &[("x-forwarded-for", "10.9.8.7, 192.0.2.1")],
+        )
+        .await;
+    assert_eq!(
+        st, 403,
+        "the right-most untrusted hop counts, not a forged left-most one"
+    );
+
+    // No token server: --api-allow decides (loopback by default), and anyone may push.
+    drop(server);
+    let server = Server::start(|a| a.api_allow = vec!["192.0.2.0/24".parse().unwrap()]).await;
+    let api = Api { server: &server };
+    let (st, _) = api
+        .call(Method::GET, "/api/v1/streams", "/api/v1/streams", None)
+        .await;
+    assert_eq!(st, 403);
+    let open = Server::start(|_| {}).await;
+    let (st, _) = Api { server: &open }
+        .call(Method::GET, "/api/v1/streams", "/api/v1/streams", None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        push(&open.url("free"), media(Media::WebmVp8Vorbis), false)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_survive_a_restart_and_a_corrupt_state_file_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let d = dir.path().to_path_buf();
+        Server::start(move |a| {
+            a.token_server = vec!["127.0.0.1/32".parse().unwrap()];
+            a.state_dir = d;
+        })
+    };
+    let server = start().await;
+    let t = add_token(
+        &Api { server: &server },
+        json!({"session_id": "keep", "inputs": ["webm"]}),
+    )
+    .await;
+    let key = t["push_key"].as_str().unwrap().to_string();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let server = start().await;
+    let (_, list) = Api { server: &server }
+        .call(Method::GET, "/api/v1/tokens", "/api/v1/tokens", None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let r = push(
+        &with_key(&server.url("keep"), &key),
+        media(Media::WebmVp8Vorbis),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "the key from before the restart still works: {}",
+        r.json
+    );
+    drop(server);
+
+    std::fs::write(
+        dir.path().join("tokens.json"),
+        b"{\"version\": 1, \"sessions\": [{\"sess",
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let err = Server::try_start(move |a| a.state_dir = d)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.message.contains("corrupt"), "{}", err.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soup_transcoding_proxy_compat_paths() {
+    let server = Server::start(|a| a.token_server = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let api = Api { server: &server };
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/api/add-token?type=http,rtp-udp&sessionid=s1&udp-clients=127.0.0.1:5004,127.0.0.1:5006",
+            "/api/add-token",
+            None,
+        )
+        .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("added")), "{v}");
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/add-token?type=http&sessionid=s1",
+            "/api/add-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 409);
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/add-token?type=carrier-pigeon&sessionid=s2",
+            "/api/add-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/add-token?type=http&sessionid=s3",
+            "/api/add-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+
+    let (_, tokens) = api
+        .call(Method::GET, "/api/list-tokens", "/api/list-tokens", None)
+        .await;
+    assert_eq!(
+        tokens,
+        json!([
+            {"sessionid": "s1", "host": "127.0.0.1", "port": 5004},
+            {"sessionid": "s1", "host": "127.0.0.1", "port": 5006},
+            {"sessionid": "s3", "host": null, "port": null},
+        ])
+    );
+    // The same session through the native API.
+    let (_, native) = api
+        .call(
+            Method::GET,
+            "/api/v1/tokens/s1",
+            "/api/v1/tokens/{session_id}",
+            None,
+        )
+        .await;
+    assert_eq!(native["origin"], "compat");
+    assert_eq!(
+        native["outputs"]["rtp_udp"],
+        json!(["127.0.0.1:5004", "127.0.0.1:5006"])
+    );
+
+    // A compat session is authorised by its id alone.
+    let url = server.url("s1");
+    let (tx, live) = push_stream(&url, None);
+    tx.send(media(Media::WebmVp8Vorbis).slice(..30_000))
+        .await
+        .unwrap();
+    let _w = open_watch(&url).await;
+    let (_, streams) = api
+        .call(Method::GET, "/api/list-streams", "/api/list-streams", None)
+        .await;
+    assert_eq!(
+        streams,
+        json!([{"sessionid": "s1", "mode": "passthrough", "clients": 1}])
+    );
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/abort-stream?sessionid=s1",
+            "/api/abort-stream",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), live)
+            .await
+            .unwrap()
+            .unwrap()
+            .json["end"],
+        "aborted"
+    );
+    drop(tx);
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/abort-stream?sessionid=s1",
+            "/api/abort-stream",
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/revoke-token?sessionid=s1",
+            "/api/revoke-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        push(&url, media(Media::WebmVp8Vorbis), false).await.status,
+        401
+    );
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/revoke-token",
+            "/api/revoke-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "sessionid is required");
+}
+
+fn odd_wav() -> Bytes {
+    let data: Vec<u8> = (0..10_240u32).map(|i| i as u8).collect();
+    let mut fmt = Vec::new();
+    for (v, n) in [(0x7777u32, 2), (1, 2), (8000, 4), (8000, 4), (1, 2), (8, 2)] {
+        fmt.extend_from_slice(&v.to_le_bytes()[..n]);
+    }
+    let mut body = b"WAVEfmt ".to_vec();
+    body.extend((fmt.len() as u32).to_le_bytes());
+    body.extend(fmt);
+    body.extend(b"data");
+    body.extend((data.len() as u32).to_le_bytes());
+    body.extend(data);
+    let mut out = b"RIFF".to_vec();
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(body);
+    Bytes::from(out)
+}
+
+/// Parses Prometheus/OpenMetrics text: every sample line is `name{labels} value`, every family typed.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split_whitespace().next().unwrap().to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = name_labels.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name {name:?}"
+        );
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no # TYPE");
+        samples.push((name_labels.to_string(), value));
+    }
+    assert_eq!(text.lines().last(), Some("# EOF"));
+    samples
+}
+
+fn metric(samples: &[(String, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_when_data_flows() {
+    let server = Server::start(|a| a.pace = true).await;
+    let scrape = || async {
+        let resp = client()
+            .get(format!("http://{}/metrics", server.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        parse_metrics(&resp.text().await.unwrap())
+    };
+    let before = scrape().await;
+    assert_eq!(metric(&before, "transcast_bytes_in_total"), 0.0);
+
+    let url = server.url("m");
+    let (tx, push) = push_stream(&url, None);
+    let data = media(Media::Mp4Faststart);
+    let total = data.len() as f64;
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&data, 16 << 10) {
+            let _ = tx.send(c).await;
+        }
+    });
+    let watch = open_watch(&url).await;
+    let during = scrape().await;
+    assert_eq!(
+        metric(&during, "transcast_streams{mode=\"transcode\"}"),
+        1.0
+    );
+    assert_eq!(metric(&during, "transcast_clients"), 1.0);
+    assert!(metric(&during, "transcast_bytes_in_total") > 0.0);
+    let _ = read_all(watch).await;
+    feeder.await.unwrap();
+    push.await.unwrap();
+
+    let after = scrape().await;
+    assert_eq!(metric(&after, "transcast_streams{mode=\"transcode\"}"), 0.0);
+    assert_eq!(metric(&after, "transcast_bytes_in_total"), total);
+    assert!(metric(&after, "transcast_bytes_out_total") > 0.0);
+    assert_eq!(metric(&after, "transcast_clients_served_total"), 1.0);
+    assert_eq!(metric(&after, "transcast_streams_ended_total"), 1.0);
+
+    // A WAV whose codec tag nothing decodes: the pipeline fails, the push gets 415, the error is counted.
+    let r = common::push(&server.url("junk"), odd_wav(), false).await;
+    assert_eq!(r.status, 415, "{}", r.json);
+    let last = scrape().await;
+    assert!(metric(&last, "transcast_pipeline_errors_total") >= 1.0);
+    let _: SocketAddr = server.addr;
+}
