@@ -10,9 +10,18 @@ TEST_PACKAGES=(
   # as real clients.
   ffmpeg
   curl
+  # Real browsers for tests/browsers.rs, driven over WebDriver.
+  firefox-esr
+  chromium
+  chromium-driver
 )
 ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_rust_tools
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v geckodriver >/dev/null; then
+  echo "==> cargo install geckodriver (about 2 minutes)"
+  cargo install --locked geckodriver
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

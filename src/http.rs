@@ -43,6 +43,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("head", "/live/{name}"),
     ("put", "/live/{name}"),
     ("post", "/live/{name}"),
+    ("get", "/"),
+    ("get", "/watch/{name}"),
     ("get", "/metrics"),
     ("get", "/api/v1/streams"),
     ("get", "/api/v1/streams/{name}"),
@@ -68,6 +70,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(ingest::push)
                 .post(ingest::push),
         )
+        .route("/", get(crate::web::status))
+        .route("/watch/{name}", get(crate::web::watch_page))
         .route("/metrics", get(crate::metrics::scrape))
         .merge(crate::api::router(state.clone()))
         .fallback(|| async { Error::not_found("no such route") })

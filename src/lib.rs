@@ -9,6 +9,7 @@
 //! - [`auth`]: address masks, the caller behind trusted proxies, token secrets.
 //! - [`tokens`]: token server sessions, persisted atomically under `--state-dir`.
 //! - [`metrics`]: `/metrics` in Prometheus text, computed at scrape time.
+//! - [`web`]: the status page (`/`) and the watch page (`/watch/{name}`), server-rendered HTML.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with.
 //! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown).
@@ -40,4 +41,5 @@ pub mod pipeline;
 pub mod streams;
 pub mod templates;
 pub mod tokens;
+pub mod web;
 pub mod webm;

@@ -1,0 +1,387 @@
+//! Real browsers play transcast's output: headless Firefox (geckodriver) and Chromium (chromedriver), watching
+//! a transcoded and a passthrough stream from the start and as late joiners, an audio-only stream, and the
+//! status page's players. Chromium refuses a join that does not start at a keyframe; Firefox shows nothing
+//! until one comes: both are needed.
+//!
+//! Assertions are on what the page's media element reports (`currentTime` advancing, `videoWidth`, decoded
+//! frames, `buffered`, `error`), every wait bounded. On failure a screenshot and the page's media event log go
+//! to `$CARGO_TARGET_TMPDIR/browser-artifacts/`. Without a driver the test is skipped, except under CI, where
+//! it fails.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+
+/// 12 s clips: long enough to watch from the start and to join 5 s in and still see 3 s advance.
+fn long_clip(kind: &str) -> Bytes {
+    static CLIPS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Bytes>>> =
+        OnceLock::new();
+    let mut clips = CLIPS.get_or_init(Default::default).lock().unwrap();
+    clips
+        .entry(kind.to_string())
+        .or_insert_with(|| {
+            init();
+            let dir = tempdir();
+            let out = dir.join(format!("long-{kind}"));
+            let o = out.display();
+            let v = "videotestsrc num-buffers=360 pattern=smpte ! video/x-raw,width=320,height=240,framerate=30/1 ! timeoverlay";
+            let a = "audiotestsrc num-buffers=520 samplesperbuffer=1024 ! audio/x-raw,rate=44100 ! audioconvert";
+            run_to_eos(&match kind {
+                "ts" => format!(
+                    "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 ! h264parse ! mpegtsmux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
+                ),
+                "webm" => format!(
+                    "{v} ! vp8enc deadline=1 keyframe-max-dist=30 target-bitrate=400000 ! webmmux name=m ! filesink location={o} {a} ! vorbisenc ! m."
+                ),
+                "opus" => format!("{a} ! audioresample ! opusenc ! oggmux ! filesink location={o}"),
+                other => panic!("{other}"),
+            });
+            Bytes::from(std::fs::read(&out).unwrap())
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find(cmd: &str) -> Option<PathBuf> {
+    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(cmd));
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(cmd))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain(home_bin)
+        .find(|p| p.is_file())
+}
+
+/// A WebDriver server process, killed on drop.
+struct Driver {
+    child: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver(browser: &str) -> Option<(Driver, Client)> {
+    let (driver, browser_bin) = match browser {
+        "firefox" => ("geckodriver", "firefox-esr"),
+        _ => ("chromedriver", "chromium"),
+    };
+    let (Some(driver_path), Some(browser_path)) = (find(driver), find(browser_bin)) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{driver} and {browser_bin} must be installed in CI (scripts/test.sh)"
+        );
+        eprintln!("{driver} or {browser_bin} not installed: skipped");
+        return None;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(tmp.path().join("driver.log")).unwrap();
+    let mut cmd = Command::new(&driver_path);
+    match browser {
+        "firefox" => cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]),
+        _ => cmd.arg(format!("--port={port}")),
+    };
+    let child = cmd
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let caps = match browser {
+        "firefox" => json!({
+            "browserName": "firefox",
+            "pageLoadStrategy": "eager",
+            "moz:firefoxOptions": {
+                "binary": browser_path,
+                "args": ["-headless", "-width=1280", "-height=900"],
+                "prefs": {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0},
+            },
+        }),
+        _ => json!({
+            "browserName": "chrome",
+            "pageLoadStrategy": "eager",
+            "goog:chromeOptions": {
+                "binary": browser_path,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900",
+                    format!("--user-data-dir={}", tmp.path().join("profile").display()),
+                ],
+            },
+        }),
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        let mut b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        b.capabilities(caps.as_object().unwrap().clone());
+        match b.connect(&url).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{browser}: no WebDriver session: {e}"),
+        }
+    };
+    Some((Driver { child, _tmp: tmp }, client))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Video { width: u64, height: u64 },
+    Audio,
+}
+
+const PROBE: &str = r#"
+const m = document.querySelector(arguments[0]);
+if (!m) return null;
+const q = m.getVideoPlaybackQuality ? m.getVideoPlaybackQuality() : null;
+return {t: m.currentTime, w: m.videoWidth || 0, h: m.videoHeight || 0, frames: q ? q.totalVideoFrames : 0,
+        buffered: m.buffered.length, error: m.error ? m.error.code + ' ' + m.error.message : null,
+        ready: m.readyState, events: window.__events || []};
+"#;
+
+/// Opens `page` and waits (bounded) until the media element `selector` has played `advance` seconds.
+async fn plays(
+    client: &Client,
+    page: &str,
+    selector: &str,
+    want: Want,
+    advance: f64,
+) -> Result<Value, String> {
+    client
+        .goto(page)
+        .await
+        .map_err(|e| format!("goto {page}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut first: Option<f64> = None;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let v = client
+            .execute(PROBE, vec![json!(selector)])
+            .await
+            .map_err(|e| format!("probe: {e}"))?;
+        if !v.is_null() {
+            if !v["error"].is_null() {
+                return Err(format!("media error: {v}"));
+            }
+            let t = v["t"].as_f64().unwrap_or(0.0);
+            if v["ready"].as_u64().unwrap_or(0) >= 2 && first.is_none() {
+                first = Some(t);
+            }
+            let video_ok = match want {
+                Want::Video { width, height } => {
+                    v["w"].as_u64() == Some(width)
+                        && v["h"].as_u64() == Some(height)
+                        && v["frames"].as_u64() > Some(0)
+                }
+                Want::Audio => true,
+            };
+            if let Some(t0) = first
+                && t - t0 >= advance
+                && video_ok
+                && v["buffered"].as_u64() > Some(0)
+            {
+                let mut v = v;
+                v["first_time"] = json!(t0);
+                return Ok(v);
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "did not play {advance} s within 20 s (first time {first:?}); last state {last}"
+    ))
+}
+
+async fn save_artifacts(client: &Client, name: &str, why: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Ok(png) = client.screenshot().await {
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+    let events = client
+        .execute("return window.__events || []", vec![])
+        .await
+        .unwrap_or(Value::Null);
+    let source = client.source().await.unwrap_or_default();
+    std::fs::write(
+        dir.join(format!("{name}.log")),
+        format!("{why}\n\nmedia events: {events}\n\npage:\n{source}"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Waits until a stream has produced its header (it can be watched).
+async fn wait_live(server: &Server, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .state
+        .registry
+        .get(name)
+        .is_some_and(|e| e.hub.has_header())
+    {
+        assert!(Instant::now() < deadline, "stream {name} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn check(
+    client: &Client,
+    browser: &str,
+    case: &str,
+    page: String,
+    selector: &str,
+    want: Want,
+    advance: f64,
+) {
+    match plays(client, &page, selector, want, advance).await {
+        Ok(v) => eprintln!("{browser} {case}: ok {v}"),
+        Err(e) => {
+            let dir = save_artifacts(client, &format!("{browser}-{case}"), &e).await;
+            panic!(
+                "{browser} {case}: {e} (screenshot and log in {})",
+                dir.display()
+            );
+        }
+    }
+}
+
+async fn browser_cases(browser: &str) {
+    let Some((_driver, client)) = start_driver(browser).await else {
+        return;
+    };
+    let server = Server::start(|a| a.pace = true).await;
+    let base = format!("http://{}", server.addr);
+    let video = Want::Video {
+        width: 320,
+        height: 240,
+    };
+
+    for (kind, mode) in [("ts", "transcode"), ("webm", "passthrough")] {
+        let name = format!("{browser}-{mode}");
+        let started = Instant::now();
+        let pusher = tokio::spawn({
+            let (url, data) = (server.url(&name), long_clip(kind));
+            async move { push(&url, data, false).await }
+        });
+        wait_live(&server, &name).await;
+        check(
+            &client,
+            browser,
+            &format!("{mode}-from-start"),
+            format!("{base}/watch/{name}"),
+            "#player",
+            video,
+            3.0,
+        )
+        .await;
+        let join_at = Duration::from_secs(5);
+        tokio::time::sleep(join_at.saturating_sub(started.elapsed())).await;
+        client.goto("about:blank").await.unwrap();
+        check(
+            &client,
+            browser,
+            &format!("{mode}-late-joiner"),
+            format!("{base}/watch/{name}"),
+            "#player",
+            video,
+            3.0,
+        )
+        .await;
+        client.goto("about:blank").await.unwrap();
+        let summary = pusher.await.unwrap().json;
+        eprintln!("{browser} {mode} push: {summary}");
+        assert_eq!(summary["mode"], mode);
+    }
+
+    let name = format!("{browser}-radio");
+    let pusher = tokio::spawn({
+        let (url, data) = (server.url(&name), long_clip("opus"));
+        async move { push(&url, data, false).await }
+    });
+    wait_live(&server, &name).await;
+    // Muted: this machine has no sound card, and Firefox errors out opening an audio device for audible media.
+    let page = format!("{base}/watch/{name}?muted=1");
+    check(
+        &client,
+        browser,
+        "audio-only",
+        page,
+        "audio#player",
+        Want::Audio,
+        1.0,
+    )
+    .await;
+    client.goto("about:blank").await.unwrap();
+    pusher.await.unwrap();
+
+    // The status page lists what is live, and its players play.
+    let name = format!("{browser}-status");
+    let pusher = tokio::spawn({
+        let (url, data) = (server.url(&name), long_clip("webm"));
+        async move { push(&url, data, false).await }
+    });
+    wait_live(&server, &name).await;
+    let selector = format!("[data-stream=\"{name}\"] video");
+    check(
+        &client,
+        browser,
+        "status-page",
+        format!("{base}/"),
+        &selector,
+        video,
+        3.0,
+    )
+    .await;
+    let text = client
+        .execute("return document.body.innerText", vec![])
+        .await
+        .unwrap();
+    assert!(
+        text.as_str().unwrap().contains(&name),
+        "status page lists {name}"
+    );
+    client.goto("about:blank").await.unwrap();
+    pusher.await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_plays_live_webm() {
+    browser_cases("firefox").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_live_webm() {
+    browser_cases("chromium").await;
+}
