@@ -82,6 +82,16 @@ pub struct ServeArgs {
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
+    /// RTP/UDP target `IP:port` every stream is rebroadcast to (repeatable): video RTP on port P, RTCP P+1,
+    /// audio RTP P+2, RTCP P+3. More targets come from session tokens and the API.
+    #[arg(long = "rtp-target", value_name = "IP:PORT")]
+    pub rtp_target: Vec<std::net::SocketAddr>,
+
+    /// Masks RTP/UDP targets must fall in (repeatable), so the daemon cannot be made a UDP reflector.
+    /// Default: loopback only.
+    #[arg(long = "rtp-allow", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    pub rtp_allow: Vec<ipnet::IpNet>,
+
     /// Directory for persistent state (token sessions). Created if missing.
     #[arg(long, default_value = "transcast-state", env = "TRANSCAST_STATE_DIR")]
     pub state_dir: PathBuf,
@@ -181,6 +191,9 @@ pub struct Config {
     pub api_allow: Vec<ipnet::IpNet>,
     pub trusted_proxy: Vec<ipnet::IpNet>,
     pub state_dir: PathBuf,
+    /// RTP/UDP targets of every stream.
+    pub rtp_targets: Vec<std::net::SocketAddr>,
+    pub rtp_allow: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -273,6 +286,21 @@ impl Config {
                 a.api_allow
             },
             trusted_proxy: a.trusted_proxy,
+            rtp_allow: if a.rtp_allow.is_empty() {
+                crate::auth::loopback_masks()
+            } else {
+                a.rtp_allow.clone()
+            },
+            rtp_targets: {
+                let allow = if a.rtp_allow.is_empty() {
+                    crate::auth::loopback_masks()
+                } else {
+                    a.rtp_allow.clone()
+                };
+                crate::rtp::validate_targets(&a.rtp_target, &allow)
+                    .map_err(|e| format!("--rtp-target: {}", e.message))?;
+                a.rtp_target.clone()
+            },
             state_dir: a.state_dir,
         })
     }
@@ -298,6 +326,21 @@ mod tests {
         e.keyframe_interval = 2.0;
         let p = e.placeholders();
         assert!(p.contains(&("keyframe_frames", "50".to_string())));
+    }
+
+    #[test]
+    fn rtp_targets_outside_rtp_allow_stop_startup() {
+        let a = ServeArgs {
+            rtp_target: vec!["203.0.113.5:5000".parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        assert!(Config::from_args(a).unwrap_err().contains("--rtp-target"));
+        let a = ServeArgs {
+            rtp_target: vec!["203.0.113.5:5000".parse().unwrap()],
+            rtp_allow: vec!["203.0.113.0/24".parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        assert!(Config::from_args(a).is_ok());
     }
 
     #[test]

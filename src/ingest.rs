@@ -46,6 +46,8 @@ pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
 /// Bound on the wait for the pipeline to drain after the upload ends (pacing plays out what is queued:
 /// appsrc + queues + a second of lead is well under this).
 pub const EOS_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the output is complete, how long the RTP side gets to send its RTCP BYE.
+pub const RTCP_BYE_GRACE: Duration = Duration::from_millis(500);
 
 /// How a push ended, as the source sees it in the JSON summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,10 +264,17 @@ async fn run(
             ))
         })?)
     };
+    let mut rtp_targets = cfg.rtp_targets.clone();
+    for t in session.iter().flat_map(|s| s.outputs.rtp_udp.iter()) {
+        if !rtp_targets.contains(t) {
+            rtp_targets.push(*t);
+        }
+    }
     let ctx = PipelineContext {
         templates: app.templates.clone(),
         transcodes: app.transcodes.clone(),
         pace: cfg.pace,
+        rtp_targets,
     };
     let pipeline = StreamPipeline::start(name, &detected, ctx, hub.clone(), permit)?;
     let _ = entry.pipeline.set(pipeline.shared.clone());
@@ -295,7 +304,7 @@ async fn run(
                     }
                 },
                 msg = bus.next() => match bus_event(msg, name) {
-                    Some(BusEvent::Eos) => { drained = true; end = Some(End::Eos); }
+                    Some(BusEvent::Eos | BusEvent::OutputEos) => { drained = true; end = Some(End::Eos); }
                     Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
                     None => {}
                 },
@@ -323,7 +332,7 @@ async fn run(
                 }
             },
             msg = bus.next() => match bus_event(msg, name) {
-                Some(BusEvent::Eos) => { drained = true; end = Some(End::Eos); }
+                Some(BusEvent::Eos | BusEvent::OutputEos) => { drained = true; end = Some(End::Eos); }
                 Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
                 None => {}
             },
@@ -338,7 +347,7 @@ async fn run(
         loop {
             tokio::select! {
                 msg = bus.next() => match bus_event(msg, name) {
-                    Some(BusEvent::Eos) => break,
+                    Some(BusEvent::Eos | BusEvent::OutputEos) => break,
                     Some(BusEvent::Failed(path, text)) => { failure = Some((path, text)); break; }
                     None => {}
                 },
@@ -349,6 +358,19 @@ async fn run(
                 }
             }
         }
+    }
+
+    // Give the RTP side a moment to send its RTCP BYE (the pipeline EOS follows it); a session that never
+    // sent anything has no BYE to send, so this is bounded rather than awaited.
+    if failure.is_none() && end != Some(End::Aborted) {
+        let _ = tokio::time::timeout(RTCP_BYE_GRACE, async {
+            while let Some(m) = bus.next().await {
+                if matches!(m.view(), gst::MessageView::Eos(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     let started = hub.published_chunks() > 0;
@@ -400,8 +422,10 @@ fn summary(
 
 /// Bus messages that end the feeding of a stream.
 enum BusEvent {
-    /// The pipeline has output everything.
+    /// The whole pipeline is done, RTCP BYE included.
     Eos,
+    /// The muxer output (what HTTP clients get) is complete.
+    OutputEos,
     /// (element path, message).
     Failed(String, String),
 }
@@ -421,6 +445,12 @@ fn bus_event(msg: Option<gst::Message>, name: &str) -> Option<BusEvent> {
             Some(BusEvent::Failed(path, text))
         }
         gst::MessageView::Eos(_) => Some(BusEvent::Eos),
+        gst::MessageView::Application(a)
+            if a.structure()
+                .is_some_and(|s| s.name() == pipeline::OUTPUT_EOS) =>
+        {
+            Some(BusEvent::OutputEos)
+        }
         gst::MessageView::Warning(w) => {
             let path = w
                 .src()

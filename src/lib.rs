@@ -18,6 +18,7 @@
 //! - [`detect`]: typefind of the first bytes, supported containers, the MP4 `moov` check.
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`pipeline`]: one stream's pipeline, linked around dynamic pads; pacing and frame-drop probes.
+//! - [`rtp`]: RTP/UDP rebroadcast through rtpbin: targets changeable at runtime, SDP for receivers.
 //! - [`pacing`]: real-time pacing of input that arrives too fast, without letting delay pile up.
 //! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
 //! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
@@ -38,6 +39,7 @@ pub mod launchline;
 pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
+pub mod rtp;
 pub mod streams;
 pub mod templates;
 pub mod tokens;

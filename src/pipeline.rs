@@ -26,11 +26,14 @@ use crate::detect::Detected;
 use crate::error::{Error, Kind, Result};
 use crate::hub::{Hub, Publisher};
 use crate::pacing::{MAX_ENCODE_LATENESS, Pacer};
+use crate::rtp::RtpOutput;
 use crate::templates::{Part, Templates};
 
 /// Input bytes queued in the appsrc before the ingest stops reading the socket: a few hundred ms of a
 /// typical upload, small enough that pacing throttles the sender quickly.
 pub const APPSRC_MAX_BYTES: u64 = 512 << 10;
+/// Application message the appsink posts when the muxer output is complete.
+pub const OUTPUT_EOS: &str = "transcast-output-eos";
 /// Dropped-frame warnings are logged at most this often per stream.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -58,6 +61,8 @@ pub struct Shared {
     pub frames_dropped: AtomicU64,
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     last_drop_log: Mutex<Option<Instant>>,
+    /// RTP/UDP rebroadcast; targets can change while the stream runs.
+    pub rtp: RtpOutput,
 }
 
 /// What the builder needs beyond the templates.
@@ -66,6 +71,8 @@ pub struct PipelineContext {
     pub templates: Arc<Templates>,
     pub transcodes: Arc<Semaphore>,
     pub pace: bool,
+    /// RTP/UDP targets the stream starts with (already checked against `--rtp-allow`).
+    pub rtp_targets: Vec<std::net::SocketAddr>,
 }
 
 /// A running pipeline; set to NULL on drop.
@@ -128,6 +135,7 @@ impl StreamPipeline {
             frames_dropped: AtomicU64::new(0),
             permit: Mutex::new(permit),
             last_drop_log: Mutex::default(),
+            rtp: RtpOutput::new(&pipeline, ctx.rtp_targets.clone())?,
         });
         let pacer = Arc::new(Pacer::new(ctx.pace));
         let publisher = Mutex::new(Publisher::new(hub));
@@ -142,6 +150,12 @@ impl StreamPipeline {
                         gst::FlowError::Error
                     })?;
                     Ok(gst::FlowSuccess::Ok)
+                })
+                .eos(|sink| {
+                    // The HTTP output is complete: the stream's end must not wait for the RTP side's RTCP.
+                    let s = gst::Structure::new_empty(OUTPUT_EOS);
+                    let _ =
+                        sink.post_message(gst::message::Application::builder(s).src(sink).build());
                 })
                 .build(),
         );
@@ -359,8 +373,17 @@ impl Builder {
             .ok_or_else(|| {
                 Error::pipeline("the muxer refused a new track (data already started?)")
             })?;
+        // branch ─ tee ─ mux, and the tee's other side feeds the RTP output.
         let branch_src = branch.static_pad("src").expect("checked at load");
+        let tee = gst::ElementFactory::make("tee")
+            .property("allow-not-linked", true)
+            .build()?;
+        pipeline.add(&tee)?;
         branch_src
+            .link(&tee.static_pad("sink").expect("tee has a sink"))
+            .map_err(|e| Error::pipeline(format!("linking {part:?} to its tee: {e:?}")))?;
+        tee.request_pad_simple("src_%u")
+            .ok_or_else(|| Error::pipeline("tee refused a pad"))?
             .link(&mux_pad)
             .map_err(|e| Error::pipeline(format!("linking {part:?} to the muxer: {e:?}")))?;
         let branch_sink = branch.static_pad("sink").expect("checked at load");
@@ -368,7 +391,31 @@ impl Builder {
         if !passthrough && video {
             self.install_encoder_drop(&branch);
         }
+        tee.sync_state_with_parent()?;
         branch.sync_state_with_parent()?;
+        // What leaves the branch: the input codec when passed through, else what the encoder makes.
+        let out_codec = if passthrough {
+            caps_name.clone()
+        } else {
+            branch_src
+                .query_caps(None)
+                .structure(0)
+                .map(|s| s.name().to_string())
+                .unwrap_or_default()
+        };
+        match self
+            .shared
+            .rtp
+            .attach(&pipeline, &self.ctx.templates, &tee, &out_codec)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(stream = %self.name, codec = %out_codec, "no RTP payloader for this codec")
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.name, "RTP output for {out_codec} not available: {}", e.message)
+            }
+        }
 
         if raw || passthrough {
             pad.link(&branch_sink).map_err(|e| {

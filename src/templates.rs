@@ -26,10 +26,15 @@ pub enum Part {
     AudioPassthrough,
     /// One element with `video_%u`/`audio_%u` request pads.
     Mux,
+    /// RTP branches, by the encoded codec they carry.
+    RtpVp8,
+    RtpVp9,
+    RtpOpus,
+    RtpVorbis,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 11] = [
         Part::Decode,
         Part::DemuxMatroska,
         Part::VideoEncode,
@@ -37,6 +42,10 @@ impl Part {
         Part::VideoPassthrough,
         Part::AudioPassthrough,
         Part::Mux,
+        Part::RtpVp8,
+        Part::RtpVp9,
+        Part::RtpOpus,
+        Part::RtpVorbis,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -48,6 +57,10 @@ impl Part {
             Part::VideoPassthrough => "video-passthrough.pipeline",
             Part::AudioPassthrough => "audio-passthrough.pipeline",
             Part::Mux => "mux.pipeline",
+            Part::RtpVp8 => "rtp-vp8.pipeline",
+            Part::RtpVp9 => "rtp-vp9.pipeline",
+            Part::RtpOpus => "rtp-opus.pipeline",
+            Part::RtpVorbis => "rtp-vorbis.pipeline",
         }
     }
 
@@ -60,6 +73,10 @@ impl Part {
             Part::VideoPassthrough => include_str!("../pipelines/video-passthrough.pipeline"),
             Part::AudioPassthrough => include_str!("../pipelines/audio-passthrough.pipeline"),
             Part::Mux => include_str!("../pipelines/mux.pipeline"),
+            Part::RtpVp8 => include_str!("../pipelines/rtp-vp8.pipeline"),
+            Part::RtpVp9 => include_str!("../pipelines/rtp-vp9.pipeline"),
+            Part::RtpOpus => include_str!("../pipelines/rtp-opus.pipeline"),
+            Part::RtpVorbis => include_str!("../pipelines/rtp-vorbis.pipeline"),
         }
     }
 

@@ -183,7 +183,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Response {
         .iter()
         .filter(|e| public(&app, &e.name) && e.hub.has_header())
     {
-        cards.push_str(&card(&crate::api::stream_info(&app, e), e.started_at));
+        cards.push_str(&card(&crate::api::stream_info(e), e.started_at));
     }
     let mut body = String::from("<main>");
     if cards.is_empty() {
@@ -232,7 +232,7 @@ pub async fn watch_page(
         .get(&name)
         .filter(|e| public(&app, &e.name))
         .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
-    let info = crate::api::stream_info(&app, &e);
+    let info = crate::api::stream_info(&e);
     let muted = if query.get("muted").is_some_and(|v| v == "1") {
         " muted"
     } else {

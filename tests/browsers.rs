@@ -13,42 +13,11 @@ mod common;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
-
-/// 12 s clips: long enough to watch from the start and to join 5 s in and still see 3 s advance.
-fn long_clip(kind: &str) -> Bytes {
-    static CLIPS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Bytes>>> =
-        OnceLock::new();
-    let mut clips = CLIPS.get_or_init(Default::default).lock().unwrap();
-    clips
-        .entry(kind.to_string())
-        .or_insert_with(|| {
-            init();
-            let dir = tempdir();
-            let out = dir.join(format!("long-{kind}"));
-            let o = out.display();
-            let v = "videotestsrc num-buffers=360 pattern=smpte ! video/x-raw,width=320,height=240,framerate=30/1 ! timeoverlay";
-            let a = "audiotestsrc num-buffers=520 samplesperbuffer=1024 ! audio/x-raw,rate=44100 ! audioconvert";
-            run_to_eos(&match kind {
-                "ts" => format!(
-                    "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 ! h264parse ! mpegtsmux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
-                ),
-                "webm" => format!(
-                    "{v} ! vp8enc deadline=1 keyframe-max-dist=30 target-bitrate=400000 ! webmmux name=m ! filesink location={o} {a} ! vorbisenc ! m."
-                ),
-                "opus" => format!("{a} ! audioresample ! opusenc ! oggmux ! filesink location={o}"),
-                other => panic!("{other}"),
-            });
-            Bytes::from(std::fs::read(&out).unwrap())
-        })
-        .clone()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -85,7 +85,7 @@ async fn add_token(State(app): State<Arc<AppState>>, Query(q): Params) -> Result
         outputs: Outputs {
             http,
             rtp_udp: if rtp {
-                super::parse_rtp_targets(&clients)?
+                super::parse_rtp_targets(&app, &clients)?
             } else {
                 Vec::new()
             },

@@ -138,3 +138,19 @@ pub struct CompatOk {
     pub sessionid: String,
     pub status: &'static str,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpTargets {
+    /// `IP:port` base ports (video P/P+1, audio P+2/P+3).
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpPatch {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

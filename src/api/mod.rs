@@ -10,7 +10,7 @@ pub mod dto;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(get_stream).delete(abort_stream),
         )
         .route("/api/v1/streams/{name}/graph", get(stream_graph))
+        .route(
+            "/api/v1/streams/{name}/rtp",
+            get(get_rtp).put(put_rtp).patch(patch_rtp),
+        )
+        .route("/api/v1/streams/{name}/sdp", get(stream_sdp))
         .route("/api/v1/tokens", get(list_tokens).post(add_token))
         .route(
             "/api/v1/tokens/{session_id}",
@@ -78,7 +83,7 @@ fn codec_of_track(codec_id: &str) -> String {
     }
 }
 
-pub fn stream_info(app: &AppState, e: &StreamEntry) -> StreamInfo {
+pub fn stream_info(e: &StreamEntry) -> StreamInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let tracks = e.hub.tracks();
     let video = tracks
@@ -122,10 +127,8 @@ pub fn stream_info(app: &AppState, e: &StreamEntry) -> StreamInfo {
             .realtime_factor
             .filter(|_| mode == crate::pipeline::Mode::Transcode),
         frames_dropped: shared.map_or(0, |s| s.frames_dropped.load(Relaxed)),
-        rtp_targets: app
-            .tokens
-            .get(&e.name)
-            .map(|s| s.outputs.rtp_udp.iter().map(ToString::to_string).collect())
+        rtp_targets: shared
+            .map(|s| s.rtp.targets().iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
     }
 }
@@ -138,13 +141,7 @@ fn entry(app: &AppState, name: &str) -> Result<Arc<StreamEntry>> {
 }
 
 async fn list_streams(State(app): State<Arc<AppState>>) -> Json<Vec<StreamInfo>> {
-    Json(
-        app.registry
-            .list()
-            .iter()
-            .map(|e| stream_info(&app, e))
-            .collect(),
-    )
+    Json(app.registry.list().iter().map(|e| stream_info(e)).collect())
 }
 
 async fn get_stream(
@@ -152,7 +149,7 @@ async fn get_stream(
     Path(name): Path<String>,
 ) -> Result<Json<StreamInfo>> {
     let e = entry(&app, &name)?;
-    Ok(Json(stream_info(&app, &e)))
+    Ok(Json(stream_info(&e)))
 }
 
 /// Aborts a stream: its source connection is closed and every client gets a clean end.
@@ -203,14 +200,114 @@ fn token_info(app: &AppState, s: &Session) -> TokenInfo {
     }
 }
 
-pub fn parse_rtp_targets(targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
-    targets
+/// Parses `IP:port` targets and checks them against `--rtp-allow` (403 outside).
+pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
+    let parsed = targets
         .iter()
         .map(|t| {
             t.parse()
                 .map_err(|_| Error::bad_request(format!("RTP/UDP target '{t}' is not an IP:port")))
         })
-        .collect()
+        .collect::<Result<Vec<std::net::SocketAddr>>>()?;
+    crate::rtp::validate_targets(&parsed, &app.config.rtp_allow)?;
+    Ok(parsed)
+}
+
+fn rtp_of(app: &AppState, name: &str) -> Result<Arc<crate::pipeline::Shared>> {
+    entry(app, name)?
+        .pipeline
+        .get()
+        .cloned()
+        .ok_or_else(|| Error::not_found(format!("stream '{name}' has no pipeline yet")))
+}
+
+fn targets_json(t: &[std::net::SocketAddr]) -> Json<RtpTargets> {
+    Json(RtpTargets {
+        targets: t.iter().map(ToString::to_string).collect(),
+    })
+}
+
+async fn get_rtp(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<RtpTargets>> {
+    Ok(targets_json(&rtp_of(&app, &name)?.rtp.targets()))
+}
+
+/// Replaces a live stream's RTP/UDP targets.
+async fn put_rtp(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: std::result::Result<Json<RtpTargets>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RtpTargets>> {
+    let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
+    let shared = rtp_of(&app, &name)?;
+    let mut targets = parse_rtp_targets(&app, &req.targets)?;
+    targets.dedup();
+    shared.rtp.set_targets(targets.clone());
+    tracing::info!(stream = %name, ?targets, "RTP targets replaced");
+    Ok(targets_json(&targets))
+}
+
+/// Adds and removes RTP/UDP targets of a live stream.
+async fn patch_rtp(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: std::result::Result<Json<RtpPatch>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RtpTargets>> {
+    let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
+    let shared = rtp_of(&app, &name)?;
+    let add = parse_rtp_targets(&app, &req.add)?;
+    let remove = req
+        .remove
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|_| Error::bad_request(format!("'{t}' is not an IP:port")))
+        })
+        .collect::<Result<Vec<std::net::SocketAddr>>>()?;
+    let mut targets: Vec<_> = shared
+        .rtp
+        .targets()
+        .into_iter()
+        .filter(|t| !remove.contains(t))
+        .collect();
+    for t in add {
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    shared.rtp.set_targets(targets.clone());
+    tracing::info!(stream = %name, ?targets, "RTP targets edited");
+    Ok(targets_json(&targets))
+}
+
+/// An SDP for one RTP target (default: the first), for ffplay/ffmpeg or a GStreamer receiver.
+async fn stream_sdp(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
+    let shared = rtp_of(&app, &name)?;
+    let target = match q.get("target") {
+        Some(t) => t
+            .parse()
+            .map_err(|_| Error::bad_request(format!("target '{t}' is not an IP:port")))?,
+        None => *shared
+            .rtp
+            .targets()
+            .first()
+            .ok_or_else(|| Error::not_found(format!("stream '{name}' has no RTP targets")))?,
+    };
+    let sdp = shared.rtp.sdp(&name, target)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/sdp"),
+        )],
+        sdp,
+    )
+        .into_response())
 }
 
 /// Persists a session off the async workers (the store fsyncs).
@@ -256,7 +353,7 @@ async fn add_token(
         inputs: req.inputs,
         outputs: Outputs {
             http: req.outputs.http,
-            rtp_udp: parse_rtp_targets(&req.outputs.rtp_udp)?,
+            rtp_udp: parse_rtp_targets(&app, &req.outputs.rtp_udp)?,
         },
         expires_at,
         created_at: OffsetDateTime::now_utc(),
