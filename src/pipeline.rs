@@ -214,6 +214,16 @@ impl StreamPipeline {
     }
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Starting => "starting",
+            Mode::Passthrough => "passthrough",
+            Mode::Transcode => "transcode",
+        }
+    }
+}
+
 impl Shared {
     /// The running pipeline as a DOT graph (None once it is gone).
     pub fn dot(&self) -> Option<String> {

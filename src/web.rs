@@ -118,16 +118,17 @@ fn media_tag(name: &str, info: &StreamInfo, controls: bool) -> String {
     }
 }
 
-fn card(info: &StreamInfo, started: SystemTime) -> String {
-    let name = esc(&info.name);
-    let mode = serde_json::to_value(info.mode)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let res = match (info.output.width, info.output.height) {
+fn resolution(info: &StreamInfo) -> String {
+    match (info.output.width, info.output.height) {
         (Some(w), Some(h)) => format!("{w}×{h}"),
         _ => "audio only".into(),
-    };
+    }
+}
+
+fn card(info: &StreamInfo, started: SystemTime) -> String {
+    let name = esc(&info.name);
+    let mode = info.mode.as_str();
+    let res = resolution(info);
     format!(
         "<article class=\"card\" data-stream=\"{name}\">{player}<div class=\"body\">\
          <h2><a href=\"/watch/{name}\">{name}</a><span class=\"badge {mode}\" data-f=\"mode\">{mode}</span></h2><dl>\
@@ -241,16 +242,9 @@ pub async fn watch_page(
     let tag = media_tag(&name, &info, true)
         .replacen("<video ", "<video id=\"player\" ", 1)
         .replacen("<audio ", &format!("<audio id=\"player\"{muted} "), 1);
-    let mode = serde_json::to_value(info.mode)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let res = match (info.output.width, info.output.height) {
-        (Some(w), Some(h)) => format!(" · {w}×{h}"),
-        _ => " · audio only".into(),
-    };
+    let (mode, res) = (info.mode.as_str(), resolution(&info));
     let body = format!(
-        "<main class=\"watch\"><h2>{n}</h2><p class=\"info\">{mode} · {cin} → {cout}{res}</p>{tag}\
+        "<main class=\"watch\"><h2>{n}</h2><p class=\"info\">{mode} · {cin} → {cout} · {res}</p>{tag}\
          <div class=\"stats\" id=\"stats\"></div>\
          <p class=\"stats\">Direct link for players: <a href=\"/live/{n}\">/live/{n}</a></p></main>",
         n = esc(&name),

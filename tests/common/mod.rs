@@ -360,8 +360,11 @@ fn write_temp(data: &[u8]) -> tempfile::NamedTempFile {
     f
 }
 
-/// Elementary buffers of a WebM/Matroska file as matroskademux sees them.
-pub fn demux(data: &[u8], container_demuxer: &str) -> Demuxed {
+/// `filesrc ! ELEMENT` over `data` in a temporary file (kept alive by the returned handle).
+fn file_pipeline(
+    data: &[u8],
+    element: &str,
+) -> (gst::Pipeline, gst::Element, tempfile::NamedTempFile) {
     init();
     let file = write_temp(data);
     let pipeline = gst::Pipeline::new();
@@ -369,11 +372,15 @@ pub fn demux(data: &[u8], container_demuxer: &str) -> Demuxed {
         .property("location", file.path())
         .build()
         .unwrap();
-    let demux = gst::ElementFactory::make(container_demuxer)
-        .build()
-        .unwrap();
-    pipeline.add_many([&src, &demux]).unwrap();
-    src.link(&demux).unwrap();
+    let el = gst::ElementFactory::make(element).build().unwrap();
+    pipeline.add_many([&src, &el]).unwrap();
+    src.link(&el).unwrap();
+    (pipeline, el, file)
+}
+
+/// Elementary buffers of a WebM/Matroska file as matroskademux sees them.
+pub fn demux(data: &[u8], container_demuxer: &str) -> Demuxed {
+    let (pipeline, demux, _file) = file_pipeline(data, container_demuxer);
     let out: Arc<Mutex<Demuxed>> = Default::default();
     let pw = pipeline.downgrade();
     let o = out.clone();
@@ -434,16 +441,7 @@ pub struct Decoded {
 
 /// Decodes a file with decodebin: frame count, size, audio duration, timestamp order.
 pub fn decode(data: &[u8]) -> Decoded {
-    init();
-    let file = write_temp(data);
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("filesrc")
-        .property("location", file.path())
-        .build()
-        .unwrap();
-    let dec = gst::ElementFactory::make("decodebin").build().unwrap();
-    pipeline.add_many([&src, &dec]).unwrap();
-    src.link(&dec).unwrap();
+    let (pipeline, dec, _file) = file_pipeline(data, "decodebin");
     let out = Arc::new(Mutex::new(Decoded {
         video_pts_monotonic: true,
         audio_pts_monotonic: true,
