@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmark transcast on this machine (loopback only): builds release, raises the open-file limit, and runs
+# transcast-bench with the given options (see `transcast-bench --help`), e.g.
+#   scripts/bench.sh --clients 1000 --duration 20
+#   scripts/bench.sh --mode transcode --clients 100
+#   scripts/bench.sh --streams 8 --clients 80 --mode transcode
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_packages "${RUNTIME_PACKAGES[@]}"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --locked --bins
+exec target/release/transcast-bench "$@"

@@ -1,0 +1,760 @@
+//! transcast-bench: load generator and meter for the fan-out and transcode paths (loopback only).
+//!
+//! Starts a `transcast serve` child, pushes real-time-paced streams (WebM for passthrough, MPEG-TS for
+//! transcode; made with GStreamer test sources), ramps GET clients at a bounded rate for a bounded time, and
+//! measures per received block: time to first byte and to the first video keyframe, push→client latency
+//! (from block timestamps against the push schedule; blocks that existed before a client joined are counted
+//! apart as backlog), read stalls over 1 s, throughput, and the server's CPU and RSS from /proc. Prints a
+//! table and one JSON line. `--smoke` (50 clients × 5 s) checks every client got decodable data and exits
+//! non-zero otherwise; CI runs it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use gst::prelude::*;
+use gstreamer as gst;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use transcast::webm::{Event, Scanner, TrackKind};
+
+/// A read gap longer than this while the stream is live counts as a stall.
+const STALL: Duration = Duration::from_secs(1);
+/// Hard cap on a run, whatever the options say.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+const MAX_CLIENTS: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// WebM VP8+Vorbis in: remuxed.
+    Passthrough,
+    /// MPEG-TS H.264+AAC in: transcoded to VP8/Vorbis.
+    Transcode,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load and latency benchmark for transcast (loopback only)")]
+struct Args {
+    /// 50 clients × 5 s passthrough; exits non-zero unless every client got decodable data.
+    #[arg(long)]
+    smoke: bool,
+    #[arg(long, value_enum, default_value_t = Mode::Passthrough)]
+    mode: Mode,
+    /// GET clients in all, spread over the streams.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Streams pushed at once.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Seconds of measurement once all clients are connected.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Clients connected per second while ramping.
+    #[arg(long, default_value_t = 500)]
+    ramp: u32,
+    /// Upload with Content-Length instead of chunked.
+    #[arg(long)]
+    content_length: bool,
+    /// Video size of the pushed stream, WxH.
+    #[arg(long, default_value = "640x360")]
+    size: String,
+    /// Video bitrate of the pushed stream, kbit/s.
+    #[arg(long, default_value_t = 1500)]
+    kbps: u32,
+    /// The transcast binary (default: next to this one).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Extra arguments for `transcast serve` (repeatable), e.g. --server-arg=--join=live.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.clients = 50;
+        args.duration = 5;
+        args.streams = 1;
+    }
+    anyhow::ensure!(args.clients <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients");
+    anyhow::ensure!(
+        Duration::from_secs(args.duration) <= MAX_DURATION,
+        "at most {MAX_DURATION:?}"
+    );
+    gst::init()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run(&args))?;
+    println!("{}", report.table());
+    println!("{}", serde_json::to_string(&report.json())?);
+    if args.smoke {
+        report.check_smoke()?;
+        eprintln!("smoke: every client got decodable data");
+    }
+    Ok(())
+}
+
+/// Media made with GStreamer test sources, long enough for the run.
+fn make_media(mode: Mode, seconds: u64, size: &str, kbps: u32) -> anyhow::Result<Bytes> {
+    let (w, h) = size.split_once('x').context("--size is WxH")?;
+    let frames = seconds * 30;
+    let audio = seconds * 44_100 / 1024 + 1;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("media");
+    // Moving noise under a moving ball: VP8 and x264 reach the target bitrate instead of undershooting.
+    let v = format!(
+        "videotestsrc num-buffers={frames} pattern=ball background-color=0xff202020 ! video/x-raw,width={w},height={h},framerate=30/1 ! timeoverlay font-desc=\"Sans 40\""
+    );
+    let a = format!(
+        "audiotestsrc num-buffers={audio} samplesperbuffer=1024 ! audio/x-raw,rate=44100,channels=2 ! audioconvert"
+    );
+    let o = out.display();
+    let launch = match mode {
+        Mode::Passthrough => format!(
+            "{v} ! vp8enc deadline=1 cpu-used=16 keyframe-max-dist=30 target-bitrate={}000 end-usage=cbr ! webmmux name=m ! filesink location={o} {a} ! vorbisenc ! m.",
+            kbps
+        ),
+        Mode::Transcode => format!(
+            "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 bitrate={kbps} ! h264parse ! mpegtsmux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
+        ),
+    };
+    let p = gst::parse::launch(&launch)?;
+    p.set_state(gst::State::Playing)?;
+    let msg = p.bus().unwrap().timed_pop_filtered(
+        gst::ClockTime::from_seconds(300),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    p.set_state(gst::State::Null)?;
+    if let Some(gst::MessageView::Error(e)) = msg.as_ref().map(|m| m.view()) {
+        bail!("generating media: {}", e.error());
+    }
+    Ok(Bytes::from(std::fs::read(&out)?))
+}
+
+/// The pieces of an upload and when (from the push start) each is due.
+fn schedule(mode: Mode, data: &Bytes, seconds: u64) -> anyhow::Result<Vec<(Duration, Bytes)>> {
+    match mode {
+        Mode::Passthrough => {
+            let mut sc = Scanner::new();
+            let mut out = Vec::new();
+            let mut first = None;
+            sc.push(data, |ev| match ev {
+                Event::Header { data, .. } => out.push((Duration::ZERO, data)),
+                Event::Chunk(c) => {
+                    let f = *first.get_or_insert(c.block.pts_ns);
+                    out.push((
+                        Duration::from_nanos((c.block.pts_ns - f).max(0) as u64),
+                        c.data,
+                    ));
+                }
+            })?;
+            Ok(out)
+        }
+        Mode::Transcode => {
+            // MPEG-TS: paced by position; 188-byte packets, 64 at a time.
+            let piece = 188 * 64;
+            let n = data.len().div_ceil(piece);
+            Ok((0..n)
+                .map(|i| {
+                    let at = Duration::from_secs_f64(seconds as f64 * i as f64 / n as f64);
+                    (at, data.slice(i * piece..((i + 1) * piece).min(data.len())))
+                })
+                .collect())
+        }
+    }
+}
+
+async fn push(
+    addr: SocketAddr,
+    name: String,
+    plan: Arc<Vec<(Duration, Bytes)>>,
+    t0: Instant,
+    content_length: bool,
+) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let total: usize = plan.iter().map(|p| p.1.len()).sum();
+    let head = if content_length {
+        format!("PUT /live/{name} HTTP/1.1\r\nHost: bench\r\nContent-Length: {total}\r\n\r\n")
+    } else {
+        format!("PUT /live/{name} HTTP/1.1\r\nHost: bench\r\nTransfer-Encoding: chunked\r\n\r\n")
+    };
+    s.write_all(head.as_bytes()).await?;
+    for (at, data) in plan.iter() {
+        tokio::time::sleep_until((t0 + *at).into()).await;
+        if content_length {
+            s.write_all(data).await?;
+        } else {
+            s.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            s.write_all(data).await?;
+            s.write_all(b"\r\n").await?;
+        }
+    }
+    if !content_length {
+        s.write_all(b"0\r\n\r\n").await?;
+    }
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
+    Ok(())
+}
+
+/// Where a client is in the chunked transfer encoding.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Size,
+    Data(usize),
+    Crlf,
+}
+
+#[derive(Debug, Default)]
+struct ClientResult {
+    status_ok: bool,
+    ttfb: Option<Duration>,
+    first_keyframe: Option<Duration>,
+    /// Push→client latency of blocks produced after the client joined, µs.
+    live_us: Vec<u32>,
+    /// Same for blocks that existed when it joined (the keyframe-group burst).
+    backlog_us: Vec<u32>,
+    stalls: u32,
+    bytes: u64,
+    connected: Duration,
+    header_ok: bool,
+    parse_error: Option<String>,
+    /// The first client keeps its bytes for a decode check.
+    capture: Option<BytesMut>,
+}
+
+/// One GET client: raw HTTP/1.1 with chunked decoding, every block timestamped as it arrives.
+async fn client(
+    addr: SocketAddr,
+    name: String,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    capture: bool,
+) -> ClientResult {
+    let mut r = ClientResult::default();
+    let start = Instant::now();
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return r;
+    };
+    let _ = s
+        .write_all(format!("GET /live/{name} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+        .await;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    // Response head.
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            r.status_ok = buf.starts_with(b"HTTP/1.1 200");
+            let _ = buf.split_to(end + 4);
+            break;
+        }
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return r,
+            Ok(_) => {}
+        }
+    }
+    if !r.status_ok {
+        return r;
+    }
+    let mut sc = Scanner::new();
+    let mut video_track = None;
+    let mut first_pts = None::<i64>;
+    let mut last_read = Instant::now();
+    let mut body = BytesMut::new();
+    let mut cap = capture.then(BytesMut::new);
+    let mut framing = Framing::Size;
+    'read: while !stop.load(Ordering::Relaxed) {
+        // Decode whatever complete chunked framing is buffered.
+        loop {
+            match framing {
+                Framing::Data(left) => {
+                    let n = left.min(buf.len());
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&buf.split_to(n));
+                    framing = if n == left {
+                        Framing::Crlf
+                    } else {
+                        Framing::Data(left - n)
+                    };
+                }
+                Framing::Crlf => {
+                    if buf.len() < 2 {
+                        break;
+                    }
+                    let _ = buf.split_to(2);
+                    framing = Framing::Size;
+                }
+                Framing::Size => {
+                    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
+                    let line = String::from_utf8_lossy(&buf[..eol]).to_string();
+                    let _ = buf.split_to(eol + 2);
+                    let Ok(size) = usize::from_str_radix(line.trim(), 16) else {
+                        r.parse_error = Some(format!("bad chunk size line {line:?}"));
+                        break 'read;
+                    };
+                    if size == 0 {
+                        break 'read;
+                    }
+                    framing = Framing::Data(size);
+                }
+            }
+        }
+        if !body.is_empty() {
+            let now = Instant::now();
+            r.bytes += body.len() as u64;
+            if r.ttfb.is_none() {
+                r.ttfb = Some(now - start);
+                r.header_ok = body.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]);
+            }
+            if let Some(c) = cap.as_mut() {
+                c.extend_from_slice(&body);
+            }
+            let joined = start.duration_since(t0);
+            let res = sc.push(&body.split(), |ev| match ev {
+                Event::Header { tracks, .. } => {
+                    video_track = tracks
+                        .iter()
+                        .find(|t| t.kind == TrackKind::Video)
+                        .map(|t| t.number);
+                }
+                Event::Chunk(c) => {
+                    let f = *first_pts.get_or_insert(c.block.pts_ns);
+                    let _ = f;
+                    let due = Duration::from_nanos(c.block.pts_ns.max(0) as u64);
+                    let lat = now.duration_since(t0).saturating_sub(due);
+                    if Some(c.block.track) == video_track
+                        && c.block.keyframe
+                        && r.first_keyframe.is_none()
+                    {
+                        r.first_keyframe = Some(now - start);
+                    }
+                    let us = lat.as_micros().min(u32::MAX as u128) as u32;
+                    if due < joined {
+                        r.backlog_us.push(us)
+                    } else {
+                        r.live_us.push(us)
+                    }
+                }
+            });
+            if let Err(e) = res {
+                r.parse_error = Some(e.to_string());
+                break;
+            }
+        }
+        let read = tokio::time::timeout(Duration::from_millis(200), s.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {
+                let now = Instant::now();
+                if now - last_read > STALL && r.ttfb.is_some() {
+                    r.stalls += 1;
+                }
+                last_read = now;
+            }
+            Err(_) => {}
+        }
+    }
+    r.connected = start.elapsed();
+    r.capture = cap;
+    r
+}
+
+fn proc_cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clk_tck()
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn proc_rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn tcp_mem_pages() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "mem")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server(args: &Args) -> anyhow::Result<Server> {
+    let bin = match &args.server {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("transcast"),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let state = tempfile::tempdir()?;
+    let child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--max-clients",
+            "100000",
+            "--max-streams",
+            "1000",
+        ])
+        .args(["--max-transcodes", "1000", "--state-dir"])
+        .arg(state.path())
+        .args(&args.server_args)
+        .env("TRANSCAST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Server {
+        child,
+        addr,
+        _state: state,
+    })
+}
+
+struct Report {
+    mode: Mode,
+    streams: usize,
+    clients: Vec<ClientResult>,
+    measured: Duration,
+    server_cpu: f64,
+    client_seconds: f64,
+    rss_base_kib: u64,
+    rss_loaded_kib: u64,
+    tcp_mem_pages: u64,
+    tool_cpu: f64,
+    first_capture: Option<BytesMut>,
+}
+
+fn pct(v: &mut [u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+fn pct_d(v: &[Duration], p: f64) -> f64 {
+    let mut us: Vec<u32> = v
+        .iter()
+        .map(|d| d.as_micros().min(u32::MAX as u128) as u32)
+        .collect();
+    pct(&mut us, p)
+}
+
+impl Report {
+    fn figures(&self) -> serde_json::Value {
+        let ok = self.clients.iter().filter(|c| c.status_ok).count();
+        let mut live: Vec<u32> = self
+            .clients
+            .iter()
+            .flat_map(|c| c.live_us.iter().copied())
+            .collect();
+        let mut backlog: Vec<u32> = self
+            .clients
+            .iter()
+            .flat_map(|c| c.backlog_us.iter().copied())
+            .collect();
+        let ttfb: Vec<Duration> = self.clients.iter().filter_map(|c| c.ttfb).collect();
+        let key: Vec<Duration> = self
+            .clients
+            .iter()
+            .filter_map(|c| c.first_keyframe)
+            .collect();
+        let stalls: u32 = self.clients.iter().map(|c| c.stalls).sum();
+        let tput: Vec<f64> = self
+            .clients
+            .iter()
+            .filter(|c| c.connected > Duration::ZERO)
+            .map(|c| c.bytes as f64 * 8.0 / c.connected.as_secs_f64() / 1000.0)
+            .collect();
+        let n = self.clients.len().max(1) as f64;
+        serde_json::json!({
+            "mode": format!("{:?}", self.mode).to_lowercase(),
+            "streams": self.streams,
+            "clients": self.clients.len(),
+            "http_200": ok,
+            "measured_s": self.measured.as_secs_f64(),
+            "ttfb_ms": {"p50": pct_d(&ttfb, 0.5), "p95": pct_d(&ttfb, 0.95), "max": pct_d(&ttfb, 1.0)},
+            "first_keyframe_ms": {"p50": pct_d(&key, 0.5), "p95": pct_d(&key, 0.95), "max": pct_d(&key, 1.0)},
+            "latency_live_ms": {"p50": pct(&mut live, 0.5), "p95": pct(&mut live, 0.95), "p99": pct(&mut live, 0.99), "max": pct(&mut live, 1.0), "blocks": live.len()},
+            "latency_backlog_ms": {"p50": pct(&mut backlog, 0.5), "max": pct(&mut backlog, 1.0), "blocks": backlog.len()},
+            "stalls": stalls,
+            "throughput_kbps": {"min": tput.iter().copied().fold(f64::INFINITY, f64::min), "mean": tput.iter().sum::<f64>() / tput.len().max(1) as f64},
+            "server_cpu_us_per_client_s": self.server_cpu * 1e6 / self.client_seconds.max(1e-9),
+            "server_cpu_s": self.server_cpu,
+            "rss_per_client_kib": (self.rss_loaded_kib.saturating_sub(self.rss_base_kib)) as f64 / n,
+            "rss_base_mib": self.rss_base_kib as f64 / 1024.0,
+            "kernel_tcp_mem_pages": self.tcp_mem_pages,
+            "tool_cpu_s": self.tool_cpu,
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        self.figures()
+    }
+
+    fn table(&self) -> String {
+        let f = self.figures();
+        let g = |a: &str, b: &str| f[a][b].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+        let mut out = String::new();
+        out.push_str(&format!(
+            "transcast-bench: {} × {} clients over {} stream(s), {:.0} s measured\n",
+            f["mode"].as_str().unwrap_or(""),
+            f["clients"],
+            f["streams"],
+            f["measured_s"].as_f64().unwrap_or(0.0)
+        ));
+        out.push_str(&format!(
+            "  HTTP 200                 {}/{}\n",
+            f["http_200"], f["clients"]
+        ));
+        out.push_str(&format!(
+            "  time to first byte ms    p50 {}  p95 {}  max {}\n",
+            g("ttfb_ms", "p50"),
+            g("ttfb_ms", "p95"),
+            g("ttfb_ms", "max")
+        ));
+        out.push_str(&format!(
+            "  first keyframe ms        p50 {}  p95 {}  max {}\n",
+            g("first_keyframe_ms", "p50"),
+            g("first_keyframe_ms", "p95"),
+            g("first_keyframe_ms", "max")
+        ));
+        out.push_str(&format!(
+            "  latency live ms          p50 {}  p95 {}  p99 {}  max {}  ({} blocks)\n",
+            g("latency_live_ms", "p50"),
+            g("latency_live_ms", "p95"),
+            g("latency_live_ms", "p99"),
+            g("latency_live_ms", "max"),
+            f["latency_live_ms"]["blocks"]
+        ));
+        out.push_str(&format!(
+            "  latency backlog ms       p50 {}  max {}  ({} blocks)\n",
+            g("latency_backlog_ms", "p50"),
+            g("latency_backlog_ms", "max"),
+            f["latency_backlog_ms"]["blocks"]
+        ));
+        out.push_str(&format!("  stalls (>1 s gaps)       {}\n", f["stalls"]));
+        out.push_str(&format!(
+            "  throughput kbit/s        min {}  mean {}\n",
+            g("throughput_kbps", "min"),
+            g("throughput_kbps", "mean")
+        ));
+        out.push_str(&format!(
+            "  server CPU               {:.1} µs per client-second ({:.2} s)\n",
+            f["server_cpu_us_per_client_s"].as_f64().unwrap_or(0.0),
+            f["server_cpu_s"].as_f64().unwrap_or(0.0)
+        ));
+        out.push_str(&format!(
+            "  server RSS               {:.2} KiB per client (base {:.1} MiB); kernel TCP mem {} pages\n",
+            f["rss_per_client_kib"].as_f64().unwrap_or(0.0),
+            f["rss_base_mib"].as_f64().unwrap_or(0.0),
+            f["kernel_tcp_mem_pages"]
+        ));
+        out.push_str(&format!(
+            "  tool CPU                 {:.2} s",
+            f["tool_cpu_s"].as_f64().unwrap_or(0.0)
+        ));
+        out
+    }
+
+    /// Smoke criteria: every client got a 200, the WebM header, parsable data with a keyframe, and the first
+    /// client's capture decodes with GStreamer. Times are never asserted.
+    fn check_smoke(&self) -> anyhow::Result<()> {
+        for (i, c) in self.clients.iter().enumerate() {
+            anyhow::ensure!(c.status_ok, "client {i}: no 200");
+            anyhow::ensure!(
+                c.header_ok,
+                "client {i}: did not start with the EBML header"
+            );
+            anyhow::ensure!(c.parse_error.is_none(), "client {i}: {:?}", c.parse_error);
+            anyhow::ensure!(c.first_keyframe.is_some(), "client {i}: no video keyframe");
+            anyhow::ensure!(!c.live_us.is_empty(), "client {i}: no live blocks");
+        }
+        let cap = self.first_capture.as_ref().context("no capture")?;
+        let frames = decode_frames(cap)?;
+        anyhow::ensure!(
+            frames > 0,
+            "the first client's capture decoded to no frames"
+        );
+        Ok(())
+    }
+}
+
+fn decode_frames(data: &[u8]) -> anyhow::Result<u64> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("c.webm");
+    std::fs::write(&path, data)?;
+    let p = gst::parse::launch(&format!(
+        "filesrc location={} ! matroskademux ! vp8dec ! fakesink name=s signal-handoffs=true",
+        path.display()
+    ))?
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n2 = n.clone();
+    p.by_name("s").unwrap().connect("handoff", false, move |_| {
+        n2.fetch_add(1, Ordering::Relaxed);
+        None
+    });
+    p.set_state(gst::State::Playing)?;
+    let msg = p.bus().unwrap().timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    p.set_state(gst::State::Null)?;
+    if let Some(gst::MessageView::Error(e)) = msg.as_ref().map(|m| m.view()) {
+        bail!("decoding a client's capture: {}", e.error());
+    }
+    Ok(n.load(Ordering::Relaxed))
+}
+
+async fn run(args: &Args) -> anyhow::Result<Report> {
+    let tool_cpu0 = proc_cpu_secs("self");
+    let ramp_s = (args.clients as f64 / args.ramp.max(1) as f64).ceil() as u64;
+    let media_s = args.duration + ramp_s + 8;
+    eprintln!("generating {media_s} s of {:?} input...", args.mode);
+    let data = make_media(args.mode, media_s, &args.size, args.kbps)?;
+    let plan = Arc::new(schedule(args.mode, &data, media_s)?);
+    let server = start_server(args).await?;
+    let pid = server.child.id().to_string();
+    let addr = server.addr;
+
+    // Pushes, paced by the bench itself (the server's pacer then has nothing to hold).
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let names: Vec<String> = (0..args.streams).map(|i| format!("bench{i}")).collect();
+    let mut pushers = Vec::new();
+    for n in &names {
+        pushers.push(tokio::spawn(push(
+            addr,
+            n.clone(),
+            plan.clone(),
+            t0,
+            args.content_length,
+        )));
+    }
+    // Wait until every stream serves a header, and a second more for the pipeline to settle.
+    for n in &names {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(
+                format!("HEAD /live/{n} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut r = Vec::new();
+            let _ = s.read_to_end(&mut r).await;
+            if r.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "stream {n} did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_base = proc_rss_kib(&pid);
+
+    // Ramp the clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(args.clients);
+    let gap = Duration::from_secs_f64(1.0 / args.ramp.max(1) as f64);
+    for i in 0..args.clients {
+        let name = names[i % names.len()].clone();
+        tasks.push(tokio::spawn(client(addr, name, t0, stop.clone(), i == 0)));
+        tokio::time::sleep(gap).await;
+    }
+    // Measure with everyone connected.
+    let cpu0 = proc_cpu_secs(&pid);
+    let m0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    let measured = m0.elapsed();
+    let server_cpu = proc_cpu_secs(&pid) - cpu0;
+    let rss_loaded = proc_rss_kib(&pid);
+    let tcp_mem = tcp_mem_pages();
+    stop.store(true, Ordering::Relaxed);
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await?);
+    }
+    for p in pushers {
+        p.abort();
+    }
+    let first_capture = clients.first_mut().and_then(|c| c.capture.take());
+    drop(server);
+    Ok(Report {
+        mode: args.mode,
+        streams: args.streams,
+        client_seconds: measured.as_secs_f64()
+            * clients.iter().filter(|c| c.status_ok).count() as f64,
+        clients,
+        measured,
+        server_cpu,
+        rss_base_kib: rss_base,
+        rss_loaded_kib: rss_loaded,
+        tcp_mem_pages: tcp_mem,
+        tool_cpu: proc_cpu_secs("self") - tool_cpu0,
+        first_capture,
+    })
+}
