@@ -455,3 +455,73 @@ async fn passthrough_output_timestamps_follow_the_input() {
         assert_eq!(a, b, "{} timestamps", i.caps);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_rate_reader_is_moved_to_keyframes_then_dropped_while_others_play() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.max_lag = 2.0;
+        a.send_buffer = 8 << 10;
+    })
+    .await;
+    let data = long_clip("webm");
+    let rate = data.len() as f64 / 12.0; // bytes per second of the stream
+    let url = server.url("slowpoke");
+    let normal = tokio::spawn({
+        let (url, data) = (url.clone(), data.clone());
+        async move { push_and_watch(&url, data, false).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A reader with a small window that takes half the stream's rate.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /live/slowpoke HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let per_tick = (rate / 2.0 / 10.0) as usize; // every 100 ms
+    let mut buf = vec![0u8; per_tick.max(1)];
+    let (mut got, started) = (0usize, Instant::now());
+    let mut skipped_seen = false;
+    let closed = loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded");
+        if let Some(e) = server.state.registry.get("slowpoke") {
+            skipped_seen |= e.hub.stats.skips.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if server.state.registry.get("slowpoke").is_none() && got > 0 {
+            // The stream is over; whatever is left is an orderly end, not a drop.
+            break false;
+        }
+    };
+    let (pushed, watched) = normal.await.unwrap();
+    assert!(
+        skipped_seen,
+        "the half-rate reader was moved forward to a newer keyframe"
+    );
+    assert!(
+        closed,
+        "the half-rate reader was disconnected after --max-lag (read {got} bytes)"
+    );
+    assert!(got < data.len(), "it never got the whole stream");
+    assert_eq!(pushed.json["end"], "eos");
+    let dropped = server
+        .state
+        .registry
+        .totals
+        .clients_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 1, "counted as dropped");
+    let d = decode(&watched.body);
+    assert!(
+        d.video_frames >= 350,
+        "the reader that keeps up got everything: {} frames",
+        d.video_frames
+    );
+}

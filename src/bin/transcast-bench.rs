@@ -35,7 +35,8 @@ const MAX_CLIENTS: usize = 20_000;
 enum Mode {
     /// WebM VP8+Vorbis in: remuxed.
     Passthrough,
-    /// MPEG-TS H.264+AAC in: transcoded to VP8/Vorbis.
+    /// Matroska H.264+AAC in: transcoded to VP8/Vorbis. (Matroska rather than MPEG-TS or MP4 so the pusher
+    /// can pace by the input's own block timestamps, which makes the latency exact.)
     Transcode,
 }
 
@@ -123,7 +124,7 @@ fn make_media(mode: Mode, seconds: u64, size: &str, kbps: u32) -> anyhow::Result
             kbps
         ),
         Mode::Transcode => format!(
-            "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 bitrate={kbps} ! h264parse ! mpegtsmux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
+            "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 bitrate={kbps} ! h264parse ! matroskamux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
         ),
     };
     let p = gst::parse::launch(&launch)?;
@@ -139,37 +140,23 @@ fn make_media(mode: Mode, seconds: u64, size: &str, kbps: u32) -> anyhow::Result
     Ok(Bytes::from(std::fs::read(&out)?))
 }
 
-/// The pieces of an upload and when (from the push start) each is due.
-fn schedule(mode: Mode, data: &Bytes, seconds: u64) -> anyhow::Result<Vec<(Duration, Bytes)>> {
-    match mode {
-        Mode::Passthrough => {
-            let mut sc = Scanner::new();
-            let mut out = Vec::new();
-            let mut first = None;
-            sc.push(data, |ev| match ev {
-                Event::Header { data, .. } => out.push((Duration::ZERO, data)),
-                Event::Chunk(c) => {
-                    let f = *first.get_or_insert(c.block.pts_ns);
-                    out.push((
-                        Duration::from_nanos((c.block.pts_ns - f).max(0) as u64),
-                        c.data,
-                    ));
-                }
-            })?;
-            Ok(out)
+/// The pieces of an upload and when (from the push start) each is due: the header at once, every block at
+/// its own timestamp.
+fn schedule(data: &Bytes) -> anyhow::Result<Vec<(Duration, Bytes)>> {
+    let mut sc = Scanner::new();
+    let mut out = Vec::new();
+    let mut first = None;
+    sc.push(data, |ev| match ev {
+        Event::Header { data, .. } => out.push((Duration::ZERO, data)),
+        Event::Chunk(c) => {
+            let f = *first.get_or_insert(c.block.pts_ns);
+            out.push((
+                Duration::from_nanos((c.block.pts_ns - f).max(0) as u64),
+                c.data,
+            ));
         }
-        Mode::Transcode => {
-            // MPEG-TS: paced by position; 188-byte packets, 64 at a time.
-            let piece = 188 * 64;
-            let n = data.len().div_ceil(piece);
-            Ok((0..n)
-                .map(|i| {
-                    let at = Duration::from_secs_f64(seconds as f64 * i as f64 / n as f64);
-                    (at, data.slice(i * piece..((i + 1) * piece).min(data.len())))
-                })
-                .collect())
-        }
-    }
+    })?;
+    Ok(out)
 }
 
 async fn push(
@@ -676,7 +663,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let media_s = args.duration + ramp_s + 8;
     eprintln!("generating {media_s} s of {:?} input...", args.mode);
     let data = make_media(args.mode, media_s, &args.size, args.kbps)?;
-    let plan = Arc::new(schedule(args.mode, &data, media_s)?);
+    let plan = Arc::new(schedule(&data)?);
     let server = start_server(args).await?;
     let pid = server.child.id().to_string();
     let addr = server.addr;
