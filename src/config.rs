@@ -96,6 +96,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "transcast-state", env = "TRANSCAST_STATE_DIR")]
     pub state_dir: PathBuf,
 
+    /// Write-coalescing window in milliseconds: clients are woken at most once per window and get everything
+    /// published in it in one go. Fewer wake-ups and writes per client (CPU), at up to one window of added
+    /// latency. 0 (default) sends every block as it comes.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_ms: u64,
+
     /// Kernel send buffer (SO_SNDBUF) of each accepted connection, bytes; 0 keeps the system default.
     /// Bounds the socket memory a client that stops reading can pin.
     #[arg(long, default_value_t = 0)]
@@ -185,6 +191,7 @@ pub struct Config {
     pub encode: EncodeSettings,
     pub max_gop_bytes: usize,
     pub send_buffer: usize,
+    pub coalesce: Duration,
     /// Token server masks; empty = token server off.
     pub token_server: Vec<ipnet::IpNet>,
     /// Control API masks when the token server is off.
@@ -279,6 +286,7 @@ impl Config {
             encode: a.encode.settings()?,
             max_gop_bytes: a.max_gop_bytes,
             send_buffer: a.send_buffer,
+            coalesce: Duration::from_millis(a.coalesce_ms.min(1000)),
             token_server: a.token_server,
             api_allow: if a.api_allow.is_empty() {
                 crate::auth::loopback_masks()

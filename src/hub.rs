@@ -43,6 +43,8 @@ pub struct HubConfig {
     pub join: JoinMode,
     pub max_lag: Duration,
     pub max_gop_bytes: usize,
+    /// Write-coalescing window: readers are woken at most once per window (zero: on every chunk).
+    pub coalesce: Duration,
 }
 
 /// Counters read by the API and logs.
@@ -104,6 +106,8 @@ pub struct Hub {
     cfg: HubConfig,
     inner: Mutex<Inner>,
     head_tx: watch::Sender<()>,
+    /// Something was published since the coalescer last woke readers.
+    dirty: AtomicBool,
     clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
     next_client: AtomicU64,
     epoch: Instant,
@@ -137,6 +141,7 @@ impl Hub {
             cfg,
             inner: Mutex::new(Inner::default()),
             head_tx: watch::Sender::new(()),
+            dirty: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -190,6 +195,35 @@ impl Hub {
         self.head_tx.send_replace(());
     }
 
+    /// Wakes readers now, or — with a coalescing window — marks that the next tick should.
+    fn wake_readers(&self) {
+        if self.cfg.coalesce.is_zero() {
+            self.head_tx.send_replace(());
+        } else {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// With a coalescing window: wakes readers once per window when something was published, until the stream
+    /// has ended and its last reader is gone. Readers then take a window's worth of chunks per wake-up, which
+    /// trades up to one window of latency for far fewer wake-ups and writes per client.
+    pub async fn run_coalescer(self: Arc<Self>) {
+        if self.cfg.coalesce.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.cfg.coalesce);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.dirty.swap(false, Ordering::AcqRel) {
+                self.head_tx.send_replace(());
+            }
+            if self.is_ended() && self.client_count() == 0 {
+                break;
+            }
+        }
+    }
+
     fn publish_chunk(&self, chunk: Chunk) {
         let now = Instant::now();
         let len = chunk.data.len();
@@ -240,7 +274,7 @@ impl Hub {
         self.stats
             .bytes_published
             .fetch_add(len as u64, Ordering::Relaxed);
-        self.head_tx.send_replace(());
+        self.wake_readers();
     }
 
     /// Marks the end of the stream: readers get what is left, then a clean end of their response.
@@ -530,6 +564,7 @@ mod tests {
                 join,
                 max_lag: Duration::from_millis(max_lag_ms),
                 max_gop_bytes: 1 << 20,
+                coalesce: Duration::ZERO,
             },
         )
     }
@@ -737,6 +772,7 @@ mod tests {
                 join: JoinMode::Gop,
                 max_lag: Duration::from_secs(5),
                 max_gop_bytes: 30,
+                coalesce: Duration::ZERO,
             },
         );
         let mut p = Publisher::new(h.clone());
@@ -753,6 +789,46 @@ mod tests {
         );
         publish_gops(&mut p, 1, 1);
         assert_eq!(read_available(&mut s).await.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalescing_wakes_readers_once_per_window() {
+        let h = Hub::new(
+            "t",
+            HubConfig {
+                join: JoinMode::Live,
+                max_lag: Duration::from_secs(5),
+                max_gop_bytes: 1 << 20,
+                coalesce: Duration::from_millis(40),
+            },
+        );
+        tokio::spawn(h.clone().run_coalescer());
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let mut s = h
+            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(s.next().await.is_some(), "header");
+        // Park the reader on its wake-up, then publish.
+        let reader = tokio::spawn(async move {
+            let first = s.next().await;
+            (first, s)
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        publish_gops(&mut p, 1, 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(!reader.is_finished(), "woken before the window closed");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(reader.is_finished(), "woken when the window closed");
+        let (first, mut s) = reader.await.unwrap();
+        assert!(first.is_some());
+        let mut got = 1;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), s.next()).await {
+            got += 1;
+        }
+        assert_eq!(got, 4);
     }
 
     #[tokio::test]

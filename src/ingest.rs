@@ -196,6 +196,7 @@ async fn run(
             join: cfg.join,
             max_lag: cfg.max_lag,
             max_gop_bytes: cfg.max_gop_bytes,
+            coalesce: cfg.coalesce,
         },
     );
     let abort = app.shutdown.child_token();
@@ -279,6 +280,7 @@ async fn run(
     let pipeline = StreamPipeline::start(name, &detected, ctx, hub.clone(), permit)?;
     let _ = entry.pipeline.set(pipeline.shared.clone());
     tokio::spawn(hub.clone().run_reaper());
+    tokio::spawn(hub.clone().run_coalescer());
 
     let mut bus = pipeline.bus().stream();
     let mut sink = pipeline.input();

@@ -224,6 +224,7 @@ mod tests {
                 join: Default::default(),
                 max_lag: std::time::Duration::from_secs(1),
                 max_gop_bytes: 1,
+                coalesce: Duration::ZERO,
             },
         )
     }

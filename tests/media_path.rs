@@ -525,3 +525,19 @@ async fn half_rate_reader_is_moved_to_keyframes_then_dropped_while_others_play()
         d.video_frames
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_window_still_delivers_every_frame() {
+    let server = Server::start(|a| {
+        a.coalesce_ms = 40;
+        a.pace = true;
+    })
+    .await;
+    let input = media(Media::WebmVp8Vorbis);
+    let (pushed, watched) = push_and_watch(&server.url("batched"), input.clone(), false).await;
+    assert_eq!(pushed.status, 200);
+    let inn = demux(&input, "matroskademux").video.unwrap();
+    let out = demux(&watched.body, "matroskademux").video.unwrap();
+    assert_eq!(out.buffers.len(), inn.buffers.len());
+    assert_eq!(decode(&watched.body).video_frames, FRAMES);
+}
