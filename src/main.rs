@@ -21,6 +21,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at startup: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the daemon (defaults: 127.0.0.1:8080, embedded pipeline templates).
     Serve(ServeArgs),
