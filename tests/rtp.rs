@@ -146,6 +146,55 @@ async fn api(
     )
 }
 
+/// A GStreamer receiver driven by the served SDP alone (`sdpdemux` sets up udpsrc and rtpbin from it): counts
+/// decoded video frames for `seconds`.
+fn gst_sdp_frames(sdp: &str, seconds: u64) -> u64 {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sdp");
+    std::fs::write(&path, sdp).unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! sdpdemux name=d latency=100",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let frames = Arc::new(AtomicU64::new(0));
+    let (pw, f) = (pipeline.downgrade(), frames.clone());
+    pipeline
+        .by_name("d")
+        .unwrap()
+        .connect_pad_added(move |_, pad| {
+            let Some(p) = pw.upgrade() else { return };
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let video =
+                caps.structure(0).and_then(|s| s.get::<&str>("media").ok()) == Some("video");
+            let chain = if video {
+                "rtpvp8depay ! vp8dec ! fakesink name=v signal-handoffs=true sync=false async=false"
+            } else {
+                "fakesink sync=false async=false"
+            };
+            let bin = gst::parse::bin_from_description(chain, true).unwrap();
+            if video {
+                let f = f.clone();
+                bin.by_name("v")
+                    .unwrap()
+                    .connect("handoff", false, move |_| {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        None
+                    });
+            }
+            p.add(&bin).unwrap();
+            bin.sync_state_with_parent().unwrap();
+            pad.link(&bin.static_pad("sink").unwrap()).unwrap();
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_secs(seconds));
+    pipeline.set_state(gst::State::Null).unwrap();
+    frames.load(Ordering::Relaxed)
+}
+
 /// Runs ffmpeg on an SDP for `seconds`; returns the decoded video frame count it reports.
 fn ffmpeg_frames(sdp: &str, seconds: u32) -> Option<u64> {
     std::process::Command::new("ffmpeg")
@@ -185,10 +234,10 @@ fn ffmpeg_frames(sdp: &str, seconds: u32) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_decode_transcoded_and_passthrough_streams_and_see_bye() {
-    let (gst_base, ff_base) = (free_ports(), free_ports() + 100);
+    let (gst_base, ff_base, sdp_base) = (free_ports(), free_ports() + 100, free_ports() + 200);
     let server = Server::start(|a| {
         a.pace = true;
-        a.rtp_target = vec![target(gst_base), target(ff_base)];
+        a.rtp_target = vec![target(gst_base), target(ff_base), target(sdp_base)];
     })
     .await;
     for (kind, mode) in [("ts", "transcode"), ("webm", "passthrough")] {
@@ -223,9 +272,27 @@ async fn receivers_decode_transcoded_and_passthrough_streams_and_see_bye() {
                 && sdp.contains("OPUS/48000"),
             "{sdp}"
         );
+        let sdp_for_gst = client()
+            .get(format!(
+                "http://{}/api/v1/streams/{name}/sdp?target={}",
+                server.addr,
+                target(sdp_base)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let gst_sdp = tokio::task::spawn_blocking(move || gst_sdp_frames(&sdp_for_gst, 3));
         let ff = tokio::task::spawn_blocking(move || ffmpeg_frames(&sdp, 3))
             .await
             .unwrap();
+        let gst_frames = gst_sdp.await.unwrap();
+        assert!(
+            gst_frames >= 30,
+            "{mode}: GStreamer sdpdemux receiver decoded {gst_frames} frames from the SDP"
+        );
         if let Some(frames) = ff {
             assert!(
                 frames >= 30,
