@@ -96,6 +96,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "transcast-state", env = "TRANSCAST_STATE_DIR")]
     pub state_dir: PathBuf,
 
+    /// WebM writer: `direct` (transcast's, blocks go out as they arrive) or `webmmux` (GStreamer's muxer from
+    /// the `mux.pipeline` template, which holds each block until every track has data: about 14 ms more latency
+    /// with audio and video).
+    #[arg(long, value_enum, default_value_t = crate::pipeline::Muxer::Direct)]
+    pub muxer: crate::pipeline::Muxer,
+
     /// Write-coalescing window in milliseconds: clients are woken at most once per window and get everything
     /// published in it in one go. Fewer wake-ups and writes per client (CPU), at up to one window of added
     /// latency. 0 (default) sends every block as it comes.
@@ -192,6 +198,7 @@ pub struct Config {
     pub max_gop_bytes: usize,
     pub send_buffer: usize,
     pub coalesce: Duration,
+    pub muxer: crate::pipeline::Muxer,
     /// Token server masks; empty = token server off.
     pub token_server: Vec<ipnet::IpNet>,
     /// Control API masks when the token server is off.
@@ -287,6 +294,7 @@ impl Config {
             max_gop_bytes: a.max_gop_bytes,
             send_buffer: a.send_buffer,
             coalesce: Duration::from_millis(a.coalesce_ms.min(1000)),
+            muxer: a.muxer,
             token_server: a.token_server,
             api_allow: if a.api_allow.is_empty() {
                 crate::auth::loopback_masks()

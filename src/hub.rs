@@ -8,7 +8,7 @@
 //! The writer never waits for a reader: publishing is a short critical section (push a `Bytes`, evict the
 //! oldest) and a `watch` bump that wakes readers. Each reader keeps only a cursor (a sequence number) into the
 //! shared ring, so a slow reader costs no memory of its own: when its next chunk is older than
-//! [`Hub::skip_lag`] or already evicted it jumps to the newest join point (a cluster whose first video block is
+//! `max_lag / 4` (at most a second) or already evicted it jumps to the newest join point (a cluster whose first video block is
 //! a keyframe), and a reader that has not caught up with the live edge for `max_lag` is disconnected by the
 //! reaper, which also covers readers that never read at all (their body is never polled).
 //!
@@ -149,8 +149,10 @@ impl Hub {
         })
     }
 
+    /// How far behind a reader may fall before it is moved to the newest keyframe: well inside `max_lag`, so a
+    /// reader that cannot keep up is first moved forward and only then, still behind, disconnected.
     fn skip_lag(&self) -> Duration {
-        (self.cfg.max_lag / 2).min(Duration::from_secs(1))
+        (self.cfg.max_lag / 4).min(Duration::from_secs(1))
     }
 
     fn now_ms(&self) -> u64 {
@@ -523,6 +525,14 @@ impl Subscription {
                 return self.fill();
             }
         }
+        // Only called with an empty batch: finding nothing new means the client has taken everything (hyper
+        // polls the body only when it can write). Marking it at the end of a fill instead would count a reader as
+        // caught up while its last batch still waits on a slow socket.
+        if cursor == head {
+            self.shared
+                .caught_up_ms
+                .store(hub.now_ms(), Ordering::Relaxed);
+        }
         while cursor < head && self.pending.len() < MAX_BATCH {
             self.pending
                 .push_back(inner.ring[(cursor - inner.base) as usize].data.clone());
@@ -530,11 +540,6 @@ impl Subscription {
         }
         self.cursor = Cursor::At(cursor);
         self.shared.cursor.store(cursor, Ordering::Relaxed);
-        if cursor == head {
-            self.shared
-                .caught_up_ms
-                .store(hub.now_ms(), Ordering::Relaxed);
-        }
         if !self.pending.is_empty() {
             Fill::Data
         } else if inner.ended {
@@ -745,7 +750,7 @@ mod tests {
         read_available(&mut fast).await;
         publish_gops(&mut p, 1, 1);
         read_available(&mut fast).await;
-        std::thread::sleep(Duration::from_millis(200)); // GOP 1 is now older than skip_lag (150 ms)
+        std::thread::sleep(Duration::from_millis(200)); // GOP 1 is now older than skip_lag (75 ms)
         publish_gops(&mut p, 2, 1);
         read_available(&mut fast).await;
         let got = read_available(&mut slow).await;

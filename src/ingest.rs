@@ -276,6 +276,7 @@ async fn run(
         transcodes: app.transcodes.clone(),
         pace: cfg.pace,
         rtp_targets,
+        muxer: cfg.muxer,
     };
     let pipeline = StreamPipeline::start(name, &detected, ctx, hub.clone(), permit)?;
     let _ = entry.pipeline.set(pipeline.shared.clone());

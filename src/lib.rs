@@ -21,6 +21,7 @@
 //! - [`rtp`]: RTP/UDP rebroadcast through rtpbin: targets changeable at runtime, SDP for receivers.
 //! - [`pacing`]: real-time pacing of input that arrives too fast, without letting delay pile up.
 //! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
+//! - [`writer`]: live WebM writer that emits blocks in arrival order (no interleaving wait), per-track appsinks.
 //! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
 //! - [`streams`]: registry of live streams (name → entry), name rules, 409/503 on push.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
@@ -45,3 +46,4 @@ pub mod templates;
 pub mod tokens;
 pub mod web;
 pub mod webm;
+pub mod writer;

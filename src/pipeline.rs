@@ -28,6 +28,8 @@ use crate::hub::{Hub, Publisher};
 use crate::pacing::{MAX_ENCODE_LATENESS, Pacer};
 use crate::rtp::RtpOutput;
 use crate::templates::{Part, Templates};
+use crate::webm::TrackKind;
+use crate::writer::WebmWriter;
 
 /// Input bytes queued in the appsrc before the ingest stops reading the socket: a few hundred ms of a
 /// typical upload, small enough that pacing throttles the sender quickly.
@@ -73,6 +75,60 @@ pub struct PipelineContext {
     pub pace: bool,
     /// RTP/UDP targets the stream starts with (already checked against `--rtp-allow`).
     pub rtp_targets: Vec<std::net::SocketAddr>,
+    pub muxer: Muxer,
+}
+
+/// Which WebM writer a stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Muxer {
+    /// transcast's writer: blocks go out as they arrive (no interleaving wait).
+    #[default]
+    Direct,
+    /// GStreamer's `webmmux` (the `mux.pipeline` template): holds each block until every track has data.
+    Webmmux,
+}
+
+/// Where a stream's tracks are written into WebM.
+#[derive(Debug)]
+enum Output {
+    Mux(gst::Element),
+    Direct(Arc<Mutex<WebmWriter>>),
+}
+
+/// Tells the ingest the HTTP output is complete, so the stream's end never waits for the RTP side's RTCP.
+fn post_output_eos(el: &gst::Element) {
+    let s = gst::Structure::new_empty(OUTPUT_EOS);
+    let _ = el.post_message(gst::message::Application::builder(s).src(el).build());
+}
+
+/// `mux.pipeline` → appsink → hub.
+fn mux_to_hub(
+    pipeline: &gst::Pipeline,
+    templates: &Templates,
+    hub: Arc<Hub>,
+) -> Result<gst::Element> {
+    let mux = templates.element(Part::Mux)?;
+    let sink = gst_app::AppSink::builder().name("sink").sync(false).build();
+    sink.set_property("enable-last-sample", false);
+    pipeline.add_many([&mux, sink.upcast_ref()])?;
+    mux.link(&sink)?;
+    let publisher = Mutex::new(Publisher::new(hub));
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                publisher.lock().unwrap().push(&map).map_err(|e| {
+                    gst::element_error!(sink, gst::StreamError::Format, ("muxer output: {e}"));
+                    gst::FlowError::Error
+                })?;
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(|sink| post_output_eos(sink.upcast_ref()))
+            .build(),
+    );
+    Ok(mux)
 }
 
 /// A running pipeline; set to NULL on drop.
@@ -88,7 +144,7 @@ struct Builder {
     name: String,
     ctx: PipelineContext,
     pipeline: glib::WeakRef<gst::Pipeline>,
-    mux: gst::Element,
+    output: Output,
     matroska: bool,
     pacer: Arc<Pacer>,
     shared: Arc<Shared>,
@@ -120,12 +176,8 @@ impl StreamPipeline {
         } else {
             Part::Decode
         })?;
-        let mux = ctx.templates.element(Part::Mux)?;
-        let sink = gst_app::AppSink::builder().name("sink").sync(false).build();
-        sink.set_property("enable-last-sample", false);
-        pipeline.add_many([appsrc.upcast_ref(), &front, &mux, sink.upcast_ref()])?;
+        pipeline.add_many([appsrc.upcast_ref(), &front])?;
         appsrc.link(&front)?;
-        mux.link(&sink)?;
 
         let shared = Arc::new(Shared {
             pipeline: pipeline.downgrade(),
@@ -138,33 +190,24 @@ impl StreamPipeline {
             rtp: RtpOutput::new(&pipeline, ctx.rtp_targets.clone())?,
         });
         let pacer = Arc::new(Pacer::new(ctx.pace));
-        let publisher = Mutex::new(Publisher::new(hub));
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                    let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                    publisher.lock().unwrap().push(&map).map_err(|e| {
-                        gst::element_error!(sink, gst::StreamError::Format, ("muxer output: {e}"));
-                        gst::FlowError::Error
-                    })?;
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .eos(|sink| {
-                    // The HTTP output is complete: the stream's end must not wait for the RTP side's RTCP.
-                    let s = gst::Structure::new_empty(OUTPUT_EOS);
-                    let _ =
-                        sink.post_message(gst::message::Application::builder(s).src(sink).build());
-                })
-                .build(),
-        );
-
+        let output = match ctx.muxer {
+            Muxer::Webmmux => Output::Mux(mux_to_hub(&pipeline, &ctx.templates, hub)?),
+            Muxer::Direct => {
+                let writer = Arc::new(Mutex::new(WebmWriter::new(Publisher::new(hub))));
+                let w = writer.clone();
+                front.connect_no_more_pads(move |front| {
+                    if let Err(e) = w.lock().unwrap().tracks_complete() {
+                        gst::element_error!(front, gst::StreamError::Format, ("writing WebM: {e}"));
+                    }
+                });
+                Output::Direct(writer)
+            }
+        };
         let builder = Arc::new(Builder {
             name: name.to_string(),
             ctx,
             pipeline: pipeline.downgrade(),
-            mux,
+            output,
             matroska,
             pacer: pacer.clone(),
             shared: shared.clone(),
@@ -377,12 +420,7 @@ impl Builder {
         let pipeline = self.pipeline()?;
         let branch = self.ctx.templates.bin(part)?;
         pipeline.add(&branch)?;
-        let mux_pad = self
-            .mux
-            .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
-            .ok_or_else(|| {
-                Error::pipeline("the muxer refused a new track (data already started?)")
-            })?;
+        let (mux_pad, track_sink) = self.output_pad(&pipeline, video)?;
         // branch ─ tee ─ mux, and the tee's other side feeds the RTP output.
         let branch_src = branch.static_pad("src").expect("checked at load");
         let tee = gst::ElementFactory::make("tee")
@@ -400,6 +438,9 @@ impl Builder {
         self.install_pacing(&branch_sink);
         if !passthrough && video {
             self.install_encoder_drop(&branch);
+        }
+        if let Some(sink) = &track_sink {
+            sink.sync_state_with_parent()?;
         }
         tee.sync_state_with_parent()?;
         branch.sync_state_with_parent()?;
@@ -450,6 +491,70 @@ impl Builder {
                 })?;
         }
         Ok(())
+    }
+
+    /// The pad a track's encoded stream goes to: a muxer request pad, or a new per-track appsink feeding the
+    /// writer (returned too, so its state can be synced once linked).
+    fn output_pad(
+        &self,
+        pipeline: &gst::Pipeline,
+        video: bool,
+    ) -> Result<(gst::Pad, Option<gst::Element>)> {
+        match &self.output {
+            Output::Mux(mux) => {
+                let pad = mux
+                    .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
+                    .ok_or_else(|| {
+                        Error::pipeline("the muxer refused a new track (data already started?)")
+                    })?;
+                Ok((pad, None))
+            }
+            Output::Direct(writer) => {
+                let kind = if video {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
+                let track = writer.lock().unwrap().add_track(kind);
+                let sink = gst_app::AppSink::builder().sync(false).build();
+                sink.set_property("enable-last-sample", false);
+                let (w, w2) = (writer.clone(), writer.clone());
+                sink.set_callbacks(
+                    gst_app::AppSinkCallbacks::builder()
+                        .new_sample(move |sink| {
+                            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                            let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                            w.lock()
+                                .unwrap()
+                                .push(track, sample.caps(), buffer)
+                                .map_err(|e| {
+                                    gst::element_error!(
+                                        sink,
+                                        gst::StreamError::Format,
+                                        ("writing WebM: {e}")
+                                    );
+                                    gst::FlowError::Error
+                                })?;
+                            Ok(gst::FlowSuccess::Ok)
+                        })
+                        .eos(move |sink| match w2.lock().unwrap().end_track(track) {
+                            Ok(true) => post_output_eos(sink.upcast_ref()),
+                            Ok(false) => {}
+                            Err(e) => gst::element_error!(
+                                sink,
+                                gst::StreamError::Format,
+                                ("writing WebM: {e}")
+                            ),
+                        })
+                        .build(),
+                );
+                pipeline.add(&sink)?;
+                Ok((
+                    sink.static_pad("sink").expect("appsink has a sink"),
+                    Some(sink.upcast()),
+                ))
+            }
+        }
     }
 
     /// Sends a track nowhere, so it neither stalls the demuxer nor errors as not-linked.

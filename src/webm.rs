@@ -449,11 +449,21 @@ pub mod build {
         b[skip..].to_vec()
     }
 
+    /// The shortest VINT for `n` (an all-ones value would mean "unknown size", so it takes the next length).
     fn size_bytes(n: u64) -> Vec<u8> {
-        // 8-byte sizes keep this simple; the scanner handles every length.
-        let mut out = vec![0x01];
-        out.extend_from_slice(&n.to_be_bytes()[1..]);
-        out
+        let len = (1..=8usize)
+            .find(|&l| n < (1u64 << (7 * l)) - 1)
+            .unwrap_or(8);
+        let marked = n | (1u64 << (7 * len));
+        marked.to_be_bytes()[8 - len..].to_vec()
+    }
+
+    pub fn float(id: u32, v: f64) -> Vec<u8> {
+        element(id, &v.to_be_bytes())
+    }
+
+    pub fn string(id: u32, v: &str) -> Vec<u8> {
+        element(id, v.as_bytes())
     }
 }
 
@@ -591,7 +601,7 @@ mod tests {
 
     #[test]
     fn referenced_block_group_is_not_a_keyframe() {
-        let p = &block_group(1, 0, true)[1 + 8..]; // skip the BlockGroup ID and its 8-byte size
+        let p = &block_group(1, 0, true)[1 + 1..]; // skip the BlockGroup ID and its 1-byte size
         assert_eq!(parse_block_group(p), Some((1, 0, false)));
     }
 
@@ -610,6 +620,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn built_sizes_are_minimal_and_read_back() {
+        for (n, len) in [
+            (0u64, 1),
+            (126, 1),
+            (127, 2),
+            (16_382, 2),
+            (16_383, 3),
+            (2_097_150, 3),
+            (2_097_151, 4),
+        ] {
+            let e = element(0xA3, &vec![0u8; n as usize]);
+            assert_eq!(read_size(&e[1..]), Some((Some(n), len)), "{n}");
+        }
     }
 
     #[test]

@@ -541,3 +541,17 @@ async fn coalescing_window_still_delivers_every_frame() {
     assert_eq!(out.buffers.len(), inn.buffers.len());
     assert_eq!(decode(&watched.body).video_frames, FRAMES);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webmmux_writer_still_plays() {
+    let server = Server::start(|a| a.muxer = transcast::pipeline::Muxer::Webmmux).await;
+    for (i, kind) in [Media::WebmVp8Vorbis, Media::Mp4Faststart]
+        .into_iter()
+        .enumerate()
+    {
+        let (pushed, watched) =
+            push_and_watch(&server.url(&format!("mux{i}")), media(kind), true).await;
+        assert_eq!(pushed.status, 200);
+        check_output(kind, &watched, "through webmmux");
+    }
+}
