@@ -2,13 +2,16 @@
 //!
 //! ```text
 //!                     ┌─ (Matroska, VP8/VP9/Vorbis/Opus track) ─ video|audio-passthrough ─┐
-//!  appsrc ─ front ────┤                                                                   ├─ mux ─ appsink ─► hub
-//!   (bytes)  decodebin│─ (raw track) ────────────────────────── video|audio-encode ───────┤
-//!       or matroskademux─ (Matroska, other codec) ─ decodebin ─ video|audio-encode ──────┘
+//!  appsrc ─ front ────┤                                                                   ├─ tee ─ appsink ─┐
+//!   (bytes)  decodebin│─ (raw track) ────────────────────────── video|audio-encode ───────┤   └─ RTP      ├─ writer ─► hub
+//!       or matroskademux─ (Matroska, other codec) ─ decodebin ─ video|audio-encode ──────┘  (per track)   ┘
 //! ```
 //!
-//! Branches are linked as the front's pads appear; a mux pad is requested for a track at once, so the muxer
-//! waits for every track even when a branch's decoder exposes its pad later. The first video and first audio
+//! With `--muxer webmmux` the tees feed `webmmux` (the `mux.pipeline` template) and one appsink instead of the
+//! per-track appsinks and [`crate::writer`].
+//!
+//! Branches are linked as the front's pads appear; a track's output (writer track or mux pad) is announced at
+//! once, so the header waits for every track even when a branch's decoder exposes its pad later. The first video and first audio
 //! track are used; others (and subtitles) go to a fakesink so they never stall the demuxer as not-linked.
 //! Each branch's input is paced ([`crate::pacing`]); a video encoder drops frames that arrive too late to be
 //! worth encoding. All callbacks hold weak references to the pipeline (a strong one would be a cycle).
