@@ -294,6 +294,9 @@ impl Hub {
     ) -> Result<Subscription, SubscribeError> {
         let mut rx = self.head_tx.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
+        // A reader that was there before the stream had any media gets it from its first keyframe, even when the
+        // writer releases several keyframe groups at once behind the header.
+        let mut from_start = false;
         loop {
             rx.borrow_and_update();
             {
@@ -301,6 +304,7 @@ impl Hub {
                 if inner.header.is_some() {
                     break;
                 }
+                from_start = true;
                 if inner.ended {
                     return Err(SubscribeError::Ended);
                 }
@@ -315,10 +319,17 @@ impl Hub {
             let inner = self.inner.lock().unwrap();
             let head = inner.head();
             let cursor = match (self.cfg.join, inner.joins.back()) {
+                _ if from_start => Cursor::WaitJoin {
+                    after: inner.base,
+                    earliest: true,
+                },
                 (JoinMode::Gop, Some(&j)) if inner.bytes_from(j) <= self.cfg.max_gop_bytes => {
                     Cursor::At(j)
                 }
-                _ => Cursor::WaitJoin(head),
+                _ => Cursor::WaitJoin {
+                    after: head,
+                    earliest: false,
+                },
             };
             (
                 cursor,
@@ -331,7 +342,7 @@ impl Hub {
             peer,
             kill,
             cursor: AtomicU64::new(match cursor {
-                Cursor::At(s) | Cursor::WaitJoin(s) => s,
+                Cursor::At(s) | Cursor::WaitJoin { after: s, .. } => s,
             }),
             caught_up_ms: AtomicU64::new(self.now_ms()),
             dropped: AtomicBool::new(false),
@@ -430,8 +441,9 @@ impl Publisher {
 enum Cursor {
     /// Next chunk to send.
     At(u64),
-    /// Waiting for a join point at or after this sequence number.
-    WaitJoin(u64),
+    /// Waiting for a join point at or after `after`: the newest one (a live joiner, a skipping reader), or the
+    /// earliest (a reader that was there before the stream's first media).
+    WaitJoin { after: u64, earliest: bool },
 }
 
 /// One reader's position in a hub; unregisters on drop (hyper drops the body when the client goes away).
@@ -493,17 +505,26 @@ impl Subscription {
         let head = inner.head();
         let mut cursor = match self.cursor {
             Cursor::At(s) => s,
-            Cursor::WaitJoin(after) => match inner.latest_join_at_or_after(after) {
-                Some(j) => j,
-                None => {
-                    self.shared.cursor.store(head, Ordering::Relaxed);
-                    self.shared
-                        .caught_up_ms
-                        .store(hub.now_ms(), Ordering::Relaxed);
-                    self.cursor = Cursor::WaitJoin(head.max(after));
-                    return if inner.ended { Fill::End } else { Fill::Wait };
+            Cursor::WaitJoin { after, earliest } => {
+                let join = if earliest {
+                    inner.joins.iter().copied().find(|&j| j >= after)
+                } else {
+                    inner.latest_join_at_or_after(after)
+                };
+                match join {
+                    Some(j) => j,
+                    None => {
+                        self.shared.cursor.store(head, Ordering::Relaxed);
+                        self.shared
+                            .caught_up_ms
+                            .store(hub.now_ms(), Ordering::Relaxed);
+                        // An earliest-join reader keeps its place: the first keyframe may still be coming.
+                        let after = if earliest { after } else { head.max(after) };
+                        self.cursor = Cursor::WaitJoin { after, earliest };
+                        return if inner.ended { Fill::End } else { Fill::Wait };
+                    }
                 }
-            },
+            }
         };
         let behind = cursor < inner.base
             || (cursor < head
@@ -520,7 +541,10 @@ impl Subscription {
             } else if cursor < inner.base {
                 // Its data is gone and no keyframe follows yet: wait for the next one.
                 hub.stats.skips.fetch_add(1, Ordering::Relaxed);
-                self.cursor = Cursor::WaitJoin(head);
+                self.cursor = Cursor::WaitJoin {
+                    after: head,
+                    earliest: false,
+                };
                 drop(inner);
                 return self.fill();
             }
@@ -653,6 +677,36 @@ mod tests {
         let got = read_available(&mut s).await;
         assert_eq!(got.len(), 4);
         assert!(got[0].starts_with(&[0x1F, 0x43, 0xB6, 0x75]));
+    }
+
+    #[tokio::test]
+    async fn reader_there_before_the_first_media_gets_it_from_the_first_keyframe() {
+        let h = hub(JoinMode::Gop, 5000);
+        let h2 = h.clone();
+        let reader = tokio::spawn(async move {
+            let mut s = h2
+                .subscribe(None, CancellationToken::new(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            read_available(&mut s).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The header and three keyframe groups arrive in one burst (a writer releasing held blocks).
+        let mut burst = header(true);
+        for g in 0..3u8 {
+            let mut c = cluster(u64::from(g) * 1000);
+            c.extend(block(1, true, g));
+            c.extend(block(1, false, g));
+            burst.extend(c);
+        }
+        Publisher::new(h.clone()).push(&burst).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(
+            got.len(),
+            1 + 6,
+            "header and all three groups, not just the newest"
+        );
+        assert_eq!(*got[1].last().unwrap(), 0);
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@
 //! per-track appsinks and [`crate::writer`].
 //!
 //! Branches are linked as the front's pads appear; a track's output (writer track or mux pad) is announced at
-//! once, so the header waits for every track even when a branch's decoder exposes its pad later. The first video and first audio
-//! track are used; others (and subtitles) go to a fakesink so they never stall the demuxer as not-linked.
+//! once, so the header waits for every track even when a branch's decoder exposes its pad later. The first
+//! video and first audio track are used; others (and subtitles) go to a fakesink so they never stall the
+//! demuxer as not-linked.
 //! Each branch's input is paced ([`crate::pacing`]); a video encoder drops frames that arrive too late to be
 //! worth encoding. All callbacks hold weak references to the pipeline (a strong one would be a cycle).
 

@@ -127,17 +127,23 @@ fn make_media(mode: Mode, seconds: u64, size: &str, kbps: u32) -> anyhow::Result
             "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=30 bitrate={kbps} ! h264parse ! matroskamux name=m ! filesink location={o} {a} ! avenc_aac ! aacparse ! m."
         ),
     };
-    let p = gst::parse::launch(&launch)?;
+    run_to_eos(&gst::parse::launch(&launch)?, 300, "generating media")?;
+    Ok(Bytes::from(std::fs::read(&out)?))
+}
+
+/// Plays a pipeline to its end (bounded), turning an error message into an error.
+fn run_to_eos(p: &gst::Element, timeout_s: u64, what: &str) -> anyhow::Result<()> {
     p.set_state(gst::State::Playing)?;
     let msg = p.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(300),
+        gst::ClockTime::from_seconds(timeout_s),
         &[gst::MessageType::Eos, gst::MessageType::Error],
     );
     p.set_state(gst::State::Null)?;
-    if let Some(gst::MessageView::Error(e)) = msg.as_ref().map(|m| m.view()) {
-        bail!("generating media: {}", e.error());
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => bail!("{what}: {}", e.error()),
+        _ => bail!("{what}: no end within {timeout_s} s"),
     }
-    Ok(Bytes::from(std::fs::read(&out)?))
 }
 
 /// The pieces of an upload and when (from the push start) each is due: the header at once, every block at
@@ -645,15 +651,7 @@ fn decode_frames(data: &[u8]) -> anyhow::Result<u64> {
         n2.fetch_add(1, Ordering::Relaxed);
         None
     });
-    p.set_state(gst::State::Playing)?;
-    let msg = p.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    p.set_state(gst::State::Null)?;
-    if let Some(gst::MessageView::Error(e)) = msg.as_ref().map(|m| m.view()) {
-        bail!("decoding a client's capture: {}", e.error());
-    }
+    run_to_eos(p.upcast_ref(), 60, "decoding a client's capture")?;
     Ok(n.load(Ordering::Relaxed))
 }
 
