@@ -265,12 +265,12 @@ async fn run(
             ))
         })?)
     };
-    let mut rtp_targets = cfg.rtp_targets.clone();
-    for t in session.iter().flat_map(|s| s.outputs.rtp_udp.iter()) {
-        if !rtp_targets.contains(t) {
-            rtp_targets.push(*t);
-        }
-    }
+    let rtp_targets = crate::rtp::merge_targets(
+        &cfg.rtp_targets,
+        session
+            .iter()
+            .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
+    );
     let ctx = PipelineContext {
         templates: app.templates.clone(),
         transcodes: app.transcodes.clone(),

@@ -32,6 +32,26 @@ pub fn ports(base: u16, session: u32) -> (u16, u16) {
     (rtp, rtp + 1)
 }
 
+/// Parses one `IP:port` target (400 otherwise).
+pub fn parse_target(t: &str) -> Result<SocketAddr> {
+    t.parse()
+        .map_err(|_| Error::bad_request(format!("RTP/UDP target '{t}' is not an IP:port")))
+}
+
+/// `base` followed by the targets of `add` it does not have yet, in order (no duplicates).
+pub fn merge_targets(
+    base: &[SocketAddr],
+    add: impl IntoIterator<Item = SocketAddr>,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::with_capacity(base.len());
+    for t in base.iter().copied().chain(add) {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
 /// Checks a target list: literal IP, base port leaving room for P+3.
 pub fn validate_targets(targets: &[SocketAddr], allow: &[ipnet::IpNet]) -> Result<()> {
     for t in targets {
@@ -275,6 +295,33 @@ mod tests {
             clients(&t, AUDIO_SESSION, |b, s| ports(b, s).1),
             "127.0.0.1:5003,127.0.0.2:6003"
         );
+    }
+
+    #[test]
+    fn merging_keeps_order_and_drops_every_duplicate() {
+        let t = |s: &str| parse_target(s).unwrap();
+        let merged = merge_targets(
+            &[t("127.0.0.1:5000"), t("127.0.0.1:6000")],
+            [
+                t("127.0.0.1:7000"),
+                t("127.0.0.1:5000"),
+                t("127.0.0.1:7000"),
+            ],
+        );
+        assert_eq!(
+            merged,
+            vec![
+                t("127.0.0.1:5000"),
+                t("127.0.0.1:6000"),
+                t("127.0.0.1:7000")
+            ]
+        );
+        // Duplicates that are not adjacent go too (Vec::dedup would keep them).
+        assert_eq!(
+            merge_targets(&[], [t("127.0.0.1:1"), t("127.0.0.1:2"), t("127.0.0.1:1")]).len(),
+            2
+        );
+        assert!(parse_target("localhost:5000").is_err());
     }
 
     #[test]

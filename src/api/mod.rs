@@ -204,11 +204,8 @@ fn token_info(app: &AppState, s: &Session) -> TokenInfo {
 pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
     let parsed = targets
         .iter()
-        .map(|t| {
-            t.parse()
-                .map_err(|_| Error::bad_request(format!("RTP/UDP target '{t}' is not an IP:port")))
-        })
-        .collect::<Result<Vec<std::net::SocketAddr>>>()?;
+        .map(|t| crate::rtp::parse_target(t))
+        .collect::<Result<Vec<_>>>()?;
     crate::rtp::validate_targets(&parsed, &app.config.rtp_allow)?;
     Ok(parsed)
 }
@@ -242,8 +239,7 @@ async fn put_rtp(
 ) -> Result<Json<RtpTargets>> {
     let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
     let shared = rtp_of(&app, &name)?;
-    let mut targets = parse_rtp_targets(&app, &req.targets)?;
-    targets.dedup();
+    let targets = crate::rtp::merge_targets(&[], parse_rtp_targets(&app, &req.targets)?);
     shared.rtp.set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets replaced");
     Ok(targets_json(&targets))
@@ -261,22 +257,15 @@ async fn patch_rtp(
     let remove = req
         .remove
         .iter()
-        .map(|t| {
-            t.parse()
-                .map_err(|_| Error::bad_request(format!("'{t}' is not an IP:port")))
-        })
-        .collect::<Result<Vec<std::net::SocketAddr>>>()?;
-    let mut targets: Vec<_> = shared
+        .map(|t| crate::rtp::parse_target(t))
+        .collect::<Result<Vec<_>>>()?;
+    let kept: Vec<_> = shared
         .rtp
         .targets()
         .into_iter()
         .filter(|t| !remove.contains(t))
         .collect();
-    for t in add {
-        if !targets.contains(&t) {
-            targets.push(t);
-        }
-    }
+    let targets = crate::rtp::merge_targets(&kept, add);
     shared.rtp.set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets edited");
     Ok(targets_json(&targets))
@@ -290,9 +279,7 @@ async fn stream_sdp(
 ) -> Result<Response> {
     let shared = rtp_of(&app, &name)?;
     let target = match q.get("target") {
-        Some(t) => t
-            .parse()
-            .map_err(|_| Error::bad_request(format!("target '{t}' is not an IP:port")))?,
+        Some(t) => crate::rtp::parse_target(t)?,
         None => *shared
             .rtp
             .targets()
