@@ -70,8 +70,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let task = tokio::spawn(crate::http::serve(
         listener,
         router,
+        state.clone(),
         shutdown,
-        state.config.send_buffer,
     ));
     tracing::info!(%addr, token_server = state.config.token_server_enabled(), "transcast listening");
     Ok(Running { addr, state, task })

@@ -1,50 +1,65 @@
 //! `GET`/`HEAD /live/{name}`: a client watches a stream as one endless WebM response.
 //!
 //! The body is the client's [`Subscription`]: header, then the cached keyframe group (or the next keyframe
-//! cluster), then live chunks, until the stream ends (clean end of the chunked response), the client goes
-//! away (hyper drops the body: unregistered), or the reaper or shutdown cancels the connection.
+//! cluster), then live chunks, until the stream ends (clean end of the response), the client goes away
+//! (unregistered on drop), or the reaper or shutdown cancels the connection.
+//!
+//! Two ways in, one set of checks ([`admit`]): a connection whose first request is `GET /live/...` is served
+//! by [`serve_raw`] straight on the socket (the accept loop in `http.rs` reads that head itself); `HEAD` and
+//! watches later on a keep-alive connection go through hyper and [`watch`].
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use std::collections::HashMap;
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::auth;
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
-use crate::hub::SubscribeError;
+use crate::hub::{SubscribeError, Subscription};
 use crate::streams;
 
 /// How long a client of a stream that is still starting (typefind, first keyframe) waits for its header.
 pub const HEADER_WAIT: Duration = Duration::from_secs(10);
 
-pub async fn watch(
-    State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    headers: HeaderMap,
-    conn: Option<axum::Extension<ConnInfo>>,
-) -> Result<Response> {
-    streams::validate_name(&name)?;
-    authorize_view(
-        &app,
-        &name,
-        &headers,
-        query.get("token").map(String::as_str),
-        conn.as_ref().map(|c| c.peer),
-    )?;
+/// A client admitted to a stream: its reader, its `--max-clients` slot (held for the connection's life) and the
+/// content type to announce.
+#[derive(Debug)]
+pub struct Admitted {
+    pub sub: Subscription,
+    pub permit: OwnedSemaphorePermit,
+    pub content_type: &'static str,
+}
+
+/// Everything a watch request is checked for, shared by the raw fast path ([`serve_raw`]) and the axum handler:
+/// name, view authorisation, the stream, the client limit, and the header wait.
+pub async fn admit(
+    app: &AppState,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    kill: CancellationToken,
+) -> Result<Admitted> {
+    streams::validate_name(name)?;
+    authorize_view(app, name, headers, token, peer)?;
     let entry = app
         .registry
-        .get(&name)
+        .get(name)
         .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
         Error::unavailable(format!(
@@ -52,10 +67,6 @@ pub async fn watch(
             app.config.max_clients
         ))
     })?;
-    let (peer, kill) = match conn {
-        Some(axum::Extension(c)) => (Some(c.peer), c.kill),
-        None => (None, app.shutdown.child_token()),
-    };
     let sub = entry
         .hub
         .subscribe(peer, kill, HEADER_WAIT)
@@ -73,23 +84,55 @@ pub async fn watch(
     } else {
         "audio/webm"
     };
-    let headers = [
-        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-store"),
-        ),
-        (
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        ),
-        (
-            header::HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ),
-    ];
+    Ok(Admitted {
+        sub,
+        permit,
+        content_type,
+    })
+}
+
+/// Response headers of a watch, after the content type.
+const WATCH_HEADERS: [(&str, &str); 3] = [
+    ("cache-control", "no-cache, no-store"),
+    ("access-control-allow-origin", "*"),
+    ("x-content-type-options", "nosniff"),
+];
+
+/// The axum handler: `HEAD`, and `GET`s that arrive on a connection already used for another request (the
+/// accept loop sends a connection's first `GET /live/...` to [`serve_raw`]).
+pub async fn watch(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    conn: Option<axum::Extension<ConnInfo>>,
+) -> Result<Response> {
+    let (peer, kill) = match conn {
+        Some(axum::Extension(c)) => (Some(c.peer), c.kill),
+        None => (None, app.shutdown.child_token()),
+    };
+    let Admitted {
+        sub,
+        permit,
+        content_type,
+    } = admit(
+        &app,
+        &name,
+        query.get("token").map(String::as_str),
+        &headers,
+        peer,
+        kill,
+    )
+    .await?;
+    let mut response = Response::new(Body::empty());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (k, v) in WATCH_HEADERS {
+        h.insert(k, HeaderValue::from_static(v));
+    }
     if method == Method::HEAD {
-        return Ok((headers, Body::empty()).into_response());
+        return Ok(response);
     }
     tracing::debug!(stream = %name, ?peer, "client joined");
     let kill: CancellationToken = sub.kill_token().clone();
@@ -104,7 +147,81 @@ pub async fn watch(
             Some((Ok::<_, Infallible>(data), (sub, permit)))
         }
     });
-    Ok((headers, Body::from_stream(stream)).into_response())
+    *response.body_mut() = Body::from_stream(stream);
+    Ok(response)
+}
+
+/// Most iovecs per `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// Serves an admitted client straight on its socket, without hyper: a close-delimited `HTTP/1.1 200`
+/// response (`Connection: close`, as Icecast does), then every batch the hub has ready in one vectored write.
+/// This is the path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush,
+/// no per-connection read buffer (hyper's are 8 KiB and more).
+pub async fn serve_raw(mut socket: TcpStream, admitted: Admitted, name: &str) {
+    let Admitted {
+        mut sub,
+        permit,
+        content_type,
+    } = admitted;
+    let kill = sub.kill_token().clone();
+    let peer = socket.peer_addr().ok();
+    tracing::debug!(stream = %name, ?peer, "client joined");
+    let mut head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n");
+    for (k, v) in WATCH_HEADERS {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut queue = VecDeque::with_capacity(MAX_IOVECS);
+    queue.push_back(Bytes::from(head));
+    let pump = async {
+        loop {
+            if queue.is_empty() && !sub.next_batch(&mut queue).await {
+                return Ok(true);
+            }
+            write_some(&mut socket, &mut queue).await?;
+        }
+    };
+    let ended: std::io::Result<bool> = tokio::select! {
+        biased;
+        _ = kill.cancelled() => Ok(false),
+        r = pump => r,
+    };
+    match ended {
+        // The stream ended: a clean end of the response.
+        Ok(true) => {
+            let _ = socket.shutdown().await;
+        }
+        // Reaper or shutdown: dropping the socket is the point.
+        Ok(false) => {}
+        Err(e) => tracing::debug!(stream = %name, ?peer, "client gone: {e}"),
+    }
+    drop(permit);
+}
+
+/// One `writev` of the queue's front (up to [`MAX_IOVECS`] chunks); drops what was written.
+async fn write_some(socket: &mut TcpStream, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    let slices: Vec<IoSlice<'_>> = queue
+        .iter()
+        .take(MAX_IOVECS)
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut n = socket.write_vectored(&slices).await?;
+    drop(slices);
+    if n == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    while n > 0 {
+        let front = queue.front_mut().expect("written bytes came from the queue");
+        if n >= front.len() {
+            n -= front.len();
+            queue.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+    Ok(())
 }
 
 /// With the token server on, a stream may be watched only when its session exists, has not expired and
@@ -114,7 +231,7 @@ fn authorize_view(
     name: &str,
     headers: &HeaderMap,
     token: Option<&str>,
-    peer: Option<std::net::SocketAddr>,
+    peer: Option<SocketAddr>,
 ) -> Result<()> {
     if !app.config.token_server_enabled() {
         return Ok(());

@@ -7,13 +7,19 @@
 //! for them.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -82,20 +88,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Serves `router` on `listener` until `shutdown` is cancelled. A connection whose first request is
+/// `GET /live/{name}` is served by [`egress::serve_raw`] on the bare socket; every other goes to hyper.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    state: Arc<AppState>,
     shutdown: CancellationToken,
-    send_buffer: usize,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
+    let send_buffer = state.config.send_buffer;
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -117,14 +125,39 @@ pub async fn serve(
             kill: kill.clone(),
         };
         let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
+        let state = state.clone();
         tokio::spawn(async move {
+            let mut head = BytesMut::new();
+            let sniffed = tokio::select! {
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut stream, &mut head)) => r,
+                _ = kill.cancelled() => return,
+            };
+            match sniffed {
+                Ok(Ok(Sniffed::Watch {
+                    name,
+                    token,
+                    headers,
+                })) => {
+                    drop(head);
+                    watch_raw(stream, &state, &name, token.as_deref(), &headers, info).await;
+                    return;
+                }
+                Ok(Ok(Sniffed::Other)) => {}
+                // Gone, or no request head within the timeout (hyper would close it the same way).
+                Ok(Err(_)) | Err(_) => return,
+            }
+            let io = Prefixed {
+                prefix: head.freeze(),
+                io: stream,
+            };
+            let service =
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {
@@ -139,5 +172,171 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// What the first request head on a connection is.
+#[derive(Debug)]
+enum Sniffed {
+    /// A plain `GET /live/{name}[?token=KEY]` without a body: the raw fast path.
+    Watch {
+        name: String,
+        token: Option<String>,
+        headers: HeaderMap,
+    },
+    /// Anything else, including watches with percent-encoding or odd framing: hyper and the router decide.
+    Other,
+}
+
+const WATCH_PREFIX: &[u8] = b"GET /live/";
+/// Headers the fast path parses; a request with more goes to hyper.
+const MAX_SNIFF_HEADERS: usize = 64;
+
+/// Reads the connection's first request head into `buf` far enough to tell whether it is a watch. Stops at
+/// the first byte that rules it out, so other requests reach hyper as they came (`buf` is replayed).
+async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Sniffed> {
+    loop {
+        let n = buf.len().min(WATCH_PREFIX.len());
+        if buf[..n] != WATCH_PREFIX[..n] {
+            return Ok(Sniffed::Other);
+        }
+        if n == WATCH_PREFIX.len() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_SNIFF_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(_)) => return Ok(watch_request(&req)),
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Ok(Sniffed::Other),
+            }
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Ok(Sniffed::Other);
+        }
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// A parsed head the fast path can serve exactly as the router would, or [`Sniffed::Other`].
+fn watch_request(req: &httparse::Request<'_, '_>) -> Sniffed {
+    let Some(target) = req.path.and_then(|p| p.strip_prefix("/live/")) else {
+        return Sniffed::Other;
+    };
+    let (name, query) = target.split_once('?').unwrap_or((target, ""));
+    // Escapes and form encoding are left to the router's extractors.
+    if name.contains(['%', '/']) || query.contains(['%', '+']) {
+        return Sniffed::Other;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Sniffed::Other;
+        };
+        headers.append(k, v);
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body || headers.contains_key(header::EXPECT) {
+        return Sniffed::Other;
+    }
+    let token = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("token="))
+        .last()
+        .map(str::to_string);
+    Sniffed::Watch {
+        name: name.to_string(),
+        token,
+        headers,
+    }
+}
+
+/// Admits a raw-path watcher and serves it, or answers its error (JSON, as the router would) and closes.
+async fn watch_raw(
+    mut stream: TcpStream,
+    state: &AppState,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    info: ConnInfo,
+) {
+    match egress::admit(state, name, token, headers, Some(info.peer), info.kill).await {
+        Ok(admitted) => egress::serve_raw(stream, admitted, name).await,
+        Err(e) => {
+            let response = e.into_response();
+            let (parts, body) = response.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, 1 << 16).await else {
+                return;
+            };
+            let mut head = format!(
+                "HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+                parts.status,
+                body.len()
+            );
+            for (k, v) in &parts.headers {
+                if k != header::CONTENT_LENGTH && k != header::CONNECTION {
+                    head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
+                }
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// A socket whose first bytes were already read (by [`sniff`]): they are read again first.
+struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(self.prefix.len());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -477,25 +477,48 @@ impl Subscription {
 
     /// Next bytes to write: the header first, then chunks; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                self.hub
-                    .stats
-                    .bytes_sent
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
-                return Some(b);
-            }
+        if !self.ready().await {
+            return None;
+        }
+        let b = self.pending.pop_front()?;
+        self.count_sent(b.len());
+        Some(b)
+    }
+
+    /// Moves every chunk that is ready (the header first) to `out`, waiting until there is at least one; `false`
+    /// at the end of the stream. Call it only once the previous batch is written: an empty batch is what marks
+    /// the reader as caught up.
+    pub async fn next_batch(&mut self, out: &mut VecDeque<Bytes>) -> bool {
+        if !self.ready().await {
+            return false;
+        }
+        self.count_sent(self.pending.iter().map(Bytes::len).sum());
+        out.extend(self.pending.drain(..));
+        true
+    }
+
+    fn count_sent(&self, n: usize) {
+        self.hub
+            .stats
+            .bytes_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Waits until `pending` has something; `false` at the end of the stream.
+    async fn ready(&mut self) -> bool {
+        while self.pending.is_empty() {
             self.rx.borrow_and_update();
             match self.fill() {
                 Fill::Data => {}
-                Fill::End => return None,
+                Fill::End => return false,
                 Fill::Wait => {
                     if self.rx.changed().await.is_err() {
-                        return None;
+                        return false;
                     }
                 }
             }
         }
+        true
     }
 
     fn fill(&mut self) -> Fill {

@@ -200,9 +200,10 @@ async fn push(
     Ok(())
 }
 
-/// Where a client is in the chunked transfer encoding.
+/// Where a client is in the chunked transfer encoding, or a close-delimited body (`Close`).
 #[derive(Debug, Clone, Copy)]
 enum Framing {
+    Close,
     Size,
     Data(usize),
     Crlf,
@@ -226,7 +227,7 @@ struct ClientResult {
     capture: Option<BytesMut>,
 }
 
-/// One GET client: raw HTTP/1.1 with chunked decoding, every block timestamped as it arrives.
+/// One GET client: raw HTTP/1.1 (chunked or close-delimited body), every block timestamped as it arrives.
 async fn client(
     addr: SocketAddr,
     name: String,
@@ -244,9 +245,14 @@ async fn client(
         .await;
     let mut buf = BytesMut::with_capacity(64 << 10);
     // Response head.
+    let mut framing = Framing::Close;
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             r.status_ok = buf.starts_with(b"HTTP/1.1 200");
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if head.contains("\r\ntransfer-encoding: chunked") {
+                framing = Framing::Size;
+            }
             let _ = buf.split_to(end + 4);
             break;
         }
@@ -264,11 +270,14 @@ async fn client(
     let mut last_read = Instant::now();
     let mut body = BytesMut::new();
     let mut cap = capture.then(BytesMut::new);
-    let mut framing = Framing::Size;
     'read: while !stop.load(Ordering::Relaxed) {
         // Decode whatever complete chunked framing is buffered.
         loop {
             match framing {
+                Framing::Close => {
+                    body.extend_from_slice(&buf.split());
+                    break;
+                }
                 Framing::Data(left) => {
                     let n = left.min(buf.len());
                     if n == 0 {
