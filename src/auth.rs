@@ -98,7 +98,7 @@ pub fn presented_key<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -
         .filter(|k| !k.is_empty())
 }
 
-/// Logs authentication failures with the peer, at most [`FAIL_LOG_BURST`] per window.
+/// Logs authentication failures with the peer, at most `FAIL_LOG_BURST` (10) per window.
 #[derive(Debug)]
 pub struct FailureLog {
     state: Mutex<(Instant, u32, u64)>,

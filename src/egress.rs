@@ -212,7 +212,9 @@ async fn write_some(socket: &mut TcpStream, queue: &mut VecDeque<Bytes>) -> std:
         return Err(std::io::ErrorKind::WriteZero.into());
     }
     while n > 0 {
-        let front = queue.front_mut().expect("written bytes came from the queue");
+        let front = queue
+            .front_mut()
+            .expect("written bytes came from the queue");
         if n >= front.len() {
             n -= front.len();
             queue.pop_front();

@@ -1,8 +1,8 @@
 //! The crate's one error type: a kind (which decides the HTTP status and the stable `code`) plus a message
 //! with context (stream name, template, element path).
 //!
-//! Every HTTP error body has one shape: `{"error": {"code": "...", "message": "..."}}`. 5xx bodies carry a
-//! generic message; the detail goes to the log.
+//! Every HTTP error body has one shape: `{"error": {"code": "...", "message": "..."}}`. Internal and pipeline
+//! failures (500) carry a generic message, the detail goes to the log; a reached limit (503) names the limit.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -135,7 +135,8 @@ pub struct ErrorDetail<'a> {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.kind.status();
-        let message = if status.is_server_error() {
+        // Limits (503) say which limit; only genuine internal failures are hidden.
+        let message = if matches!(self.kind, Kind::Pipeline | Kind::Internal) {
             tracing::error!(code = self.kind.code(), "internal error: {}", self.message);
             "internal error, see the server log"
         } else {
@@ -165,6 +166,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "pipeline_error");
         assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
+    }
+
+    #[tokio::test]
+    async fn limit_errors_name_the_limit() {
+        let resp =
+            Error::unavailable("the client limit (--max-clients 2) is reached").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "limit_reached");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--max-clients 2")
+        );
     }
 
     #[tokio::test]

@@ -1,10 +1,12 @@
-//! HTTP: the router (media routes now, the API later) and the accept loop that serves it.
+//! HTTP: the router (media routes and the API) and the accept loop that serves it.
 //!
-//! The accept loop is ours rather than `axum::serve` for three reasons: each connection gets a cancellation
+//! The accept loop is ours rather than `axum::serve` for four reasons: each connection gets a cancellation
 //! token (in the request extensions as [`ConnInfo`]) so the hub can close a client that never reads — its
 //! body is never polled, so nothing else could; socket options (TCP_NODELAY for latency, an optional
-//! SO_SNDBUF cap) are set per connection; and shutdown ends endless media responses instead of waiting
-//! for them.
+//! SO_SNDBUF cap) are set per connection; shutdown ends endless media responses instead of waiting for them;
+//! and watchers, nearly every connection a busy server has, skip hyper: the loop reads each connection's first
+//! request head itself (`sniff`), serves a plain `GET /live/{name}` with [`egress::serve_raw`], and hands
+//! everything else to hyper with the bytes it read replayed (`Prefixed`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -152,11 +154,12 @@ pub async fn serve(
                 prefix: head.freeze(),
                 io: stream,
             };
-            let service =
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     router.clone().oneshot(req.map(axum::body::Body::new))
-                });
+                },
+            );
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -246,10 +249,11 @@ fn watch_request(req: &httparse::Request<'_, '_>) -> Sniffed {
     if has_body || headers.contains_key(header::EXPECT) {
         return Sniffed::Other;
     }
+    // As the router's query map: the last one wins.
     let token = query
         .split('&')
-        .filter_map(|kv| kv.strip_prefix("token="))
-        .last()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("token="))
         .map(str::to_string);
     Sniffed::Watch {
         name: name.to_string(),

@@ -1,0 +1,213 @@
+//! The HTTP framing of watches: a connection's first `GET /live/...` is served on the bare socket
+//! (close-delimited), everything else by hyper and the router — including watches later on a keep-alive
+//! connection. Request heads are read by the accept loop however they are split.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the end of a response head; returns the head (lowercased) and what followed it.
+async fn read_head(sock: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return (String::from_utf8_lossy(&buf).to_ascii_lowercase(), rest);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
+            .await
+            .expect("response head within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response head: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+/// Opens a raw GET of `path`, retrying while the stream does not exist yet.
+async fn raw_watch(server: &Server, path: &str) -> (TcpStream, String, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut sock = TcpStream::connect(server.addr).await.unwrap();
+        sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, rest) = read_head(&mut sock).await;
+        if head.starts_with("http/1.1 404") && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        return (sock, head, rest);
+    }
+}
+
+/// Starts a push of the WebM clip: the first 8 KiB at once, the rest 300 ms later, so that a watcher opened
+/// meanwhile joins at the start.
+async fn start_push(server: &Server, name: &str) -> (tokio::task::JoinHandle<PushResult>, Bytes) {
+    let data = media(Media::WebmVp8Vorbis);
+    let (tx, task) = push_stream(&server.url(name), None);
+    tx.send(data.slice(..8 << 10)).await.unwrap();
+    let rest = data.slice(8 << 10..);
+    tokio::spawn(async move {
+        // Give the watcher time to subscribe before the stream's media arrives.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for c in chunk(&rest, 4 << 10) {
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+    (task, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_watch_on_a_connection_is_close_delimited_and_decodes() {
+    let server = Server::start(|_| {}).await;
+    let (push, _) = start_push(&server, "raw").await;
+    let (mut sock, head, mut body) = raw_watch(&server, "/live/raw").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+    assert_eq!(header(&head, "transfer-encoding"), None, "{head}");
+    assert_eq!(header(&head, "content-length"), None, "{head}");
+    assert_eq!(header(&head, "content-type"), Some("video/webm"));
+    assert_eq!(header(&head, "cache-control"), Some("no-cache, no-store"));
+    // The end of the stream is the end of the body: the server closes.
+    tokio::time::timeout(Duration::from_secs(60), sock.read_to_end(&mut body))
+        .await
+        .expect("stream ends within 60 s")
+        .unwrap();
+    assert_eq!(push.await.unwrap().status, 200);
+    assert!(body.starts_with(&EBML_MAGIC));
+    let d = decode(&body);
+    assert!(
+        d.video_frames >= FRAMES * 85 / 100,
+        "{} frames",
+        d.video_frames
+    );
+    assert!(d.video_pts_monotonic && d.audio_pts_monotonic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_after_another_request_on_a_keep_alive_connection_is_chunked() {
+    let server = Server::start(|_| {}).await;
+    let (push, _) = start_push(&server, "ka").await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    // Wait until the stream is listed, on this one connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        sock.write_all(b"GET /api/v1/streams/ka HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, mut rest) = read_head(&mut sock).await;
+        let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+        while rest.len() < len {
+            let mut b = [0u8; 4096];
+            let n = sock.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(rest.len(), len, "nothing after the first response");
+        if head.starts_with("http/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{head}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sock.write_all(b"GET /live/ka HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, mut body) = read_head(&mut sock).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "transfer-encoding"),
+        Some("chunked"),
+        "{head}"
+    );
+    assert_eq!(header(&head, "content-type"), Some("video/webm"));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !body.ends_with(b"\r\n0\r\n\r\n") {
+            let mut b = [0u8; 16 << 10];
+            let n = sock.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed before the last chunk");
+            body.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .expect("the chunked response ends within 60 s");
+    assert_eq!(push.await.unwrap().status, 200);
+    // First chunk: its size line, then the EBML header.
+    let first = body.windows(2).position(|w| w == b"\r\n").unwrap();
+    assert!(body[first + 2..].starts_with(&EBML_MAGIC));
+}
+
+/// Sends `request` one byte at a time and returns the whole response (the server closes or answers in full).
+async fn trickle(server: &Server, request: &str) -> (String, serde_json::Value) {
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    for b in request.as_bytes() {
+        sock.write_all(std::slice::from_ref(b)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (head, mut body) = read_head(&mut sock).await;
+    let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    while body.len() < len {
+        let mut b = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the body's end");
+        body.extend_from_slice(&b[..n]);
+    }
+    (head, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_arriving_byte_by_byte_are_understood() {
+    let server = Server::start(|_| {}).await;
+    // The accept loop's watch path, answering an error in the router's JSON shape.
+    let (head, json) = trickle(&server, "GET /live/nobody HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+    assert_eq!(json["error"]["code"], "not_found");
+    // Requests that share a prefix with a watch, or are not one at all, reach the router intact.
+    let (head, json) = trickle(&server, "GET /api/v1/streams HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(json.is_array() || json.is_object(), "{json}");
+    let (head, json) = trickle(&server, "GET /liver HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert_eq!(json["error"]["code"], "not_found");
+    // A name with an escape is the router's to decode and check.
+    let (head, json) = trickle(&server, "GET /live/a%20b HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert_eq!(json["error"]["code"], "bad_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_head_that_never_completes_is_closed() {
+    let server = Server::start(|_| {}).await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(b"GET /live/slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // No final CRLF: after the header timeout the server closes without answering.
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(
+        transcast::http::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        sock.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(r.is_ok(), "closed within the header timeout");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
