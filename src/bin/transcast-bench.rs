@@ -75,6 +75,14 @@ struct Args {
     /// Extra arguments for `transcast serve` (repeatable), e.g. --server-arg=--join=live.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// No transcast: measure what the kernel alone charges for the same writes. One thread writes the stream's
+    /// blocks, paced by their timestamps, to `--clients` loopback sockets (everything due within
+    /// `--floor-window-ms` as one write, like `--coalesce-ms`); prints that thread's CPU per client-second.
+    #[arg(long)]
+    floor: bool,
+    /// Write window for `--floor`, ms (0: one write per block, like transcast without coalescing).
+    #[arg(long, default_value_t = 0)]
+    floor_window_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.floor {
+        return rt.block_on(floor(&args));
+    }
     let report = rt.block_on(run(&args))?;
     println!("{}", report.table());
     println!("{}", serde_json::to_string(&report.json())?);
@@ -751,4 +762,97 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         tool_cpu: proc_cpu_secs("self") - tool_cpu0,
         first_capture,
     })
+}
+
+/// CPU seconds of the calling thread (user + system, which includes the loopback receive processing the
+/// kernel runs inside the thread's `write` calls).
+fn thread_cpu_secs() -> f64 {
+    proc_cpu_secs("thread-self")
+}
+
+/// `--floor`: the kernel's cost of the write pattern transcast produces, with nothing of transcast in it.
+async fn floor(args: &Args) -> anyhow::Result<()> {
+    let media_s = args.duration + 2;
+    eprintln!("generating {media_s} s of passthrough input...");
+    let data = make_media(Mode::Passthrough, media_s, &args.size, args.kbps)?;
+    let plan = schedule(&data)?;
+    // Group the blocks into writes: one per block, or everything due within a window.
+    let window = Duration::from_millis(args.floor_window_ms);
+    let mut writes: Vec<(Duration, Vec<u8>)> = Vec::new();
+    for (at, bytes) in plan {
+        let due = if window.is_zero() {
+            at
+        } else {
+            let w = window.as_nanos();
+            Duration::from_nanos(((at.as_nanos() / w + 1) * w) as u64)
+        };
+        match writes.last_mut() {
+            Some((d, buf)) if *d == due => buf.extend_from_slice(&bytes),
+            _ => writes.push((due, bytes.to_vec())),
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut readers = Vec::with_capacity(args.clients);
+    let mut sockets = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        let c = TcpStream::connect(addr).await?;
+        let (s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        sockets.push(s);
+        readers.push(tokio::spawn(async move {
+            let mut c = c;
+            let mut buf = vec![0u8; 64 << 10];
+            while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+        }));
+    }
+    let duration = Duration::from_secs(args.duration);
+    let clients = args.clients;
+    let writer = std::thread::spawn(move || -> anyhow::Result<(f64, usize, usize)> {
+        use std::io::Write;
+        let start = Instant::now();
+        let cpu0 = thread_cpu_secs();
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for (due, buf) in &writes {
+            if *due > duration {
+                break;
+            }
+            if let Some(wait) = (start + *due).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            for s in sockets.iter_mut() {
+                s.write_all(buf)?;
+            }
+            n += 1;
+            bytes += buf.len();
+        }
+        let cpu = thread_cpu_secs() - cpu0;
+        drop(sockets);
+        Ok((cpu, n, bytes))
+    });
+    let (cpu, n, bytes) = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    for r in readers {
+        let _ = r.await;
+    }
+    let secs = args.duration as f64;
+    let us = cpu * 1e6 / (secs * clients as f64);
+    println!(
+        "kernel floor: {clients} loopback sockets, {:.1} writes/s each of {:.0} B on average, window {} ms",
+        n as f64 / secs,
+        bytes as f64 / n.max(1) as f64,
+        args.floor_window_ms
+    );
+    println!(
+        "  writer CPU               {us:.1} µs per client-second ({cpu:.2} s), {:.2} µs per write",
+        cpu * 1e6 / (n * clients).max(1) as f64
+    );
+    println!(
+        "{}",
+        serde_json::json!({"floor": true, "clients": clients, "window_ms": args.floor_window_ms,
+            "writes_per_s": n as f64 / secs, "bytes_per_write": bytes as f64 / n.max(1) as f64,
+            "cpu_us_per_client_s": us})
+    );
+    Ok(())
 }
