@@ -523,6 +523,13 @@ impl Report {
             .iter()
             .flat_map(|c| c.live_us.iter().copied())
             .collect();
+        // Each client's last quarter of live blocks: whether latency settled (a transcode keeping real time) or
+        // kept growing (one falling behind), without the start-up transient.
+        let mut end: Vec<u32> = self
+            .clients
+            .iter()
+            .flat_map(|c| c.live_us[c.live_us.len() * 3 / 4..].iter().copied())
+            .collect();
         let mut backlog: Vec<u32> = self
             .clients
             .iter()
@@ -551,6 +558,7 @@ impl Report {
             "ttfb_ms": {"p50": pct_d(&ttfb, 0.5), "p95": pct_d(&ttfb, 0.95), "max": pct_d(&ttfb, 1.0)},
             "first_keyframe_ms": {"p50": pct_d(&key, 0.5), "p95": pct_d(&key, 0.95), "max": pct_d(&key, 1.0)},
             "latency_live_ms": {"p50": pct(&mut live, 0.5), "p95": pct(&mut live, 0.95), "p99": pct(&mut live, 0.99), "max": pct(&mut live, 1.0), "blocks": live.len()},
+            "latency_end_ms": {"p50": pct(&mut end, 0.5), "p99": pct(&mut end, 0.99), "blocks": end.len()},
             "latency_backlog_ms": {"p50": pct(&mut backlog, 0.5), "max": pct(&mut backlog, 1.0), "blocks": backlog.len()},
             "stalls": stalls,
             "throughput_kbps": {"min": tput.iter().copied().fold(f64::INFINITY, f64::min), "mean": tput.iter().sum::<f64>() / tput.len().max(1) as f64},
@@ -601,6 +609,11 @@ impl Report {
             g("latency_live_ms", "p99"),
             g("latency_live_ms", "max"),
             f["latency_live_ms"]["blocks"]
+        ));
+        out.push_str(&format!(
+            "  latency, last quarter ms p50 {}  p99 {}\n",
+            g("latency_end_ms", "p50"),
+            g("latency_end_ms", "p99"),
         ));
         out.push_str(&format!(
             "  latency backlog ms       p50 {}  max {}  ({} blocks)\n",
