@@ -12,9 +12,10 @@
 //! - [`web`]: the status page (`/`) and the watch page (`/watch/{name}`), server-rendered HTML.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with.
 //! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
-//! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown).
+//! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
+//!   connection whose first request is a watch skips hyper).
 //! - [`ingest`]: `PUT`/`POST /live/{name}`: checks, typefind, feeding the pipeline, the push summary.
-//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response.
+//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response, on the bare socket or through hyper.
 //! - [`detect`]: typefind of the first bytes, supported containers, the MP4 `moov` check.
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`pipeline`]: one stream's pipeline, linked around dynamic pads; pacing and frame-drop probes.
