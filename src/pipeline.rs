@@ -623,7 +623,9 @@ impl Builder {
                 tracing::warn!(stream = %name, late_ms = late.as_millis() as u64, dropped_total = n,
                     "transcode cannot keep real time: dropping late frames");
             }
-            gst::PadProbeReturn::Drop
+            // `Handled`, not `Drop`: gstreamer-rs has already taken the buffer out of the probe info (and frees it
+            // here), and GStreamer 1.22 unrefs the info's data on `Drop`, which then is NULL: a CRITICAL per frame.
+            gst::PadProbeReturn::Handled
         });
     }
 }
