@@ -12,8 +12,10 @@
 //!
 //! The header (EBML, open Segment, Info, Tracks with CodecPrivate from the caps' `streamheader`) is written once
 //! every announced track has shown its caps; blocks that come before are held, within [`MAX_HELD`]. A video
-//! keyframe opens a new cluster (the join points clients start at); audio-only streams get a cluster a second. A
-//! block whose time is before its cluster's gets a negative relative timecode, which the format allows.
+//! keyframe opens a new cluster (the join points clients start at) unless the cluster has no video yet: audio
+//! that comes before the first picture stays in the cluster the keyframe then joins, so that cluster is the
+//! stream's first join point and readers from the start get that audio. Audio-only streams get a cluster a
+//! second. A block whose time is before its cluster's gets a negative relative timecode, which the format allows.
 
 use bytes::{Bytes, BytesMut};
 use gstreamer as gst;
@@ -64,6 +66,8 @@ pub struct WebmWriter {
     header_written: bool,
     held: Vec<Held>,
     cluster_ms: Option<i64>,
+    /// The open cluster has a video block.
+    cluster_has_video: bool,
     out: BytesMut,
 }
 
@@ -76,6 +80,7 @@ impl WebmWriter {
             header_written: false,
             held: Vec::new(),
             cluster_ms: None,
+            cluster_has_video: false,
             out: BytesMut::with_capacity(64 << 10),
         }
     }
@@ -215,7 +220,7 @@ impl WebmWriter {
             None => true,
             Some(c) => {
                 let rel = b.pts_ms - c;
-                (has_video && is_video && b.keyframe)
+                (has_video && is_video && b.keyframe && self.cluster_has_video)
                     || (!has_video && rel >= AUDIO_CLUSTER_MS)
                     || rel > i64::from(i16::MAX)
                     || rel < i64::from(i16::MIN)
@@ -226,7 +231,9 @@ impl WebmWriter {
             self.out
                 .extend_from_slice(&uint(0xE7, b.pts_ms.max(0) as u64));
             self.cluster_ms = Some(b.pts_ms.max(0));
+            self.cluster_has_video = false;
         }
+        self.cluster_has_video |= is_video;
         let rel = (b.pts_ms - self.cluster_ms.unwrap_or(0)) as i16;
         let mut payload = Vec::with_capacity(b.data.len() + 4);
         payload.push(0x80 | (b.track as u8 + 1)); // track number as a 1-byte VINT
@@ -307,6 +314,97 @@ fn xiph_lace(packets: &[Vec<u8>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Audio that arrives before the first picture (an encoder that starts late) must reach a reader that was
+    /// there from the start: the first video keyframe joins the audio's cluster instead of opening its own.
+    #[tokio::test]
+    async fn audio_before_the_first_picture_reaches_readers_from_the_start() {
+        use crate::config::JoinMode;
+        use crate::hub::{Hub, HubConfig};
+        use std::time::Duration;
+
+        gst::init().unwrap();
+        let hub = Hub::new(
+            "w",
+            HubConfig {
+                join: JoinMode::Gop,
+                max_lag: Duration::from_secs(5),
+                max_gop_bytes: 1 << 20,
+                coalesce: Duration::ZERO,
+            },
+        );
+        let reader = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let mut s = hub
+                    .subscribe(
+                        None,
+                        tokio_util::sync::CancellationToken::new(),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while let Some(b) = s.next().await {
+                    got.extend_from_slice(&b);
+                }
+                got
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut w = WebmWriter::new(Publisher::new(hub.clone()));
+        let video = w.add_track(TrackKind::Video);
+        let audio = w.add_track(TrackKind::Audio);
+        w.tracks_complete().unwrap();
+        let vcaps = gst::Caps::builder("video/x-vp8")
+            .field("width", 320)
+            .field("height", 240)
+            .build();
+        let acaps = gst::Caps::builder("audio/x-opus")
+            .field("rate", 48000)
+            .field("channels", 2)
+            .build();
+        let buffer = |ms: u64, tag: u8, delta: bool| {
+            let mut b = gst::Buffer::from_slice(vec![tag; 8]);
+            let bm = b.get_mut().unwrap();
+            bm.set_pts(gst::ClockTime::from_mseconds(ms));
+            if delta {
+                bm.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            b
+        };
+        // Half a second of audio, then the pictures: a keyframe and two deltas.
+        for (i, ms) in (0..500).step_by(20).enumerate() {
+            w.push(audio, Some(&acaps), &buffer(ms, 0xA0 + i as u8, false))
+                .unwrap();
+        }
+        w.push(video, Some(&vcaps), &buffer(0, 0x10, false))
+            .unwrap();
+        w.push(video, Some(&vcaps), &buffer(33, 0x11, true))
+            .unwrap();
+        w.push(video, Some(&vcaps), &buffer(66, 0x12, true))
+            .unwrap();
+        assert!(!w.end_track(video).unwrap());
+        assert!(w.end_track(audio).unwrap());
+        hub.finish();
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        // Every audio block and every picture, parsed back.
+        let mut blocks = Vec::new();
+        let mut sc = crate::webm::Scanner::new();
+        sc.push(&got, |ev| {
+            if let crate::webm::Event::Chunk(c) = ev {
+                blocks.push((c.block.track, c.block.keyframe));
+            }
+        })
+        .unwrap();
+        let audio_blocks = blocks.iter().filter(|b| b.0 == 2).count();
+        let video_blocks: Vec<bool> = blocks.iter().filter(|b| b.0 == 1).map(|b| b.1).collect();
+        assert_eq!(audio_blocks, 25, "{blocks:?}");
+        assert_eq!(video_blocks, [true, false, false]);
+    }
 
     #[test]
     fn xiph_lacing_of_vorbis_headers() {
