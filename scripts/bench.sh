@@ -7,7 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-ensure_packages "${RUNTIME_PACKAGES[@]}"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release --locked --bins
+prepare_release_bench
 exec target/release/transcast-bench "$@"

@@ -39,3 +39,11 @@ ensure_rust_tools() {
     rustup component add rustfmt clippy
   fi
 }
+
+# For the benchmark scripts: runtime packages, a raised open-file limit (for this shell and what it starts), and
+# a release build.
+prepare_release_bench() {
+  ensure_packages "${RUNTIME_PACKAGES[@]}"
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  cargo build --release --locked --bins
+}

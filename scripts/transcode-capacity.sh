@@ -12,9 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-ensure_packages "${RUNTIME_PACKAGES[@]}"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release --locked --bins
+prepare_release_bench
 [ "$#" -gt 0 ] || set -- 8 16 24
 SECS=${SECS:-20}
 dir=$(mktemp -d)

@@ -156,27 +156,31 @@ impl IntoResponse for Error {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn server_errors_hide_details() {
-        let resp = Error::pipeline("element /pipeline0/vp8enc0 exploded").into_response();
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// The status and JSON body an error answers with.
+    async fn answer(e: Error) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
             .await
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_details() {
+        let (status, v) = answer(Error::pipeline("element /pipeline0/vp8enc0 exploded")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(v["error"]["code"], "pipeline_error");
         assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
     }
 
     #[tokio::test]
     async fn limit_errors_name_the_limit() {
-        let resp =
-            Error::unavailable("the client limit (--max-clients 2) is reached").into_response();
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (status, v) = answer(Error::unavailable(
+            "the client limit (--max-clients 2) is reached",
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(v["error"]["code"], "limit_reached");
         assert!(
             v["error"]["message"]
@@ -188,12 +192,8 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_keep_message() {
-        let resp = Error::unsupported("not a media file").into_response();
-        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (status, v) = answer(Error::unsupported("not a media file")).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert_eq!(v["error"]["code"], "unsupported_media");
         assert_eq!(v["error"]["message"], "not a media file");
     }

@@ -658,6 +658,13 @@ mod tests {
         }
     }
 
+    /// A reader of `h`, subscribed now.
+    async fn reader(h: &Arc<Hub>) -> Subscription {
+        h.subscribe(None, CancellationToken::new(), Duration::from_secs(1))
+            .await
+            .unwrap()
+    }
+
     async fn read_available(s: &mut Subscription) -> Vec<Bytes> {
         let mut out = Vec::new();
         while let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(20), s.next()).await {
@@ -672,10 +679,7 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 3);
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         assert!(s.has_video());
         let got = read_available(&mut s).await;
         assert_eq!(got[0].as_ref(), header(true).as_slice());
@@ -691,10 +695,7 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 2);
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         assert_eq!(read_available(&mut s).await.len(), 1, "header only");
         publish_gops(&mut p, 2, 1);
         let got = read_available(&mut s).await;
@@ -742,10 +743,7 @@ mod tests {
         let mut c = cluster(5000);
         c.extend(block(1, false, 9));
         p.push(&c).unwrap();
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         let got = read_available(&mut s).await;
         assert_eq!(got.len(), 1 + 5, "joins at GOP 0, not at the delta cluster");
     }
@@ -759,10 +757,7 @@ mod tests {
         let mut c = cluster(0);
         c.extend(block(1, true, 1));
         p.push(&c).unwrap();
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         assert!(!s.has_video());
         let mut c = cluster(1000);
         c.extend(block(1, true, 2));
@@ -781,10 +776,7 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 1);
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         h.finish();
         let mut n = 0;
         while s.next().await.is_some() {
@@ -818,10 +810,7 @@ mod tests {
             .subscribe(None, kill.clone(), Duration::from_secs(1))
             .await
             .unwrap();
-        let mut fast = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut fast = reader(&h).await;
         assert!(slow.next().await.is_some(), "header");
         assert!(slow.next().await.is_some(), "first chunk of GOP 0");
         read_available(&mut fast).await;
@@ -860,10 +849,7 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 1); // about 50 bytes: over the cap
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         assert_eq!(
             read_available(&mut s).await.len(),
             1,
@@ -888,10 +874,7 @@ mod tests {
         let mut p = Publisher::new(h.clone());
         p.push(&header(true)).unwrap();
         publish_gops(&mut p, 0, 1);
-        let mut s = h
-            .subscribe(None, CancellationToken::new(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut s = reader(&h).await;
         assert!(s.next().await.is_some(), "header");
         // Park the reader on its wake-up, then publish.
         let reader = tokio::spawn(async move {

@@ -30,6 +30,22 @@ async fn read_head(sock: &mut TcpStream) -> (String, Vec<u8>) {
     }
 }
 
+/// Reads until `body` (what followed the head) holds the `content-length` the head announced; nothing more may come.
+async fn read_body(sock: &mut TcpStream, head: &str, mut body: Vec<u8>) -> Vec<u8> {
+    let len: usize = header(head, "content-length").unwrap().parse().unwrap();
+    while body.len() < len {
+        let mut b = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the body's end");
+        body.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(body.len(), len, "nothing after the response");
+    body
+}
+
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
@@ -110,15 +126,8 @@ async fn watch_after_another_request_on_a_keep_alive_connection_is_chunked() {
         sock.write_all(b"GET /api/v1/streams/ka HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .unwrap();
-        let (head, mut rest) = read_head(&mut sock).await;
-        let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
-        while rest.len() < len {
-            let mut b = [0u8; 4096];
-            let n = sock.read(&mut b).await.unwrap();
-            assert!(n > 0);
-            rest.extend_from_slice(&b[..n]);
-        }
-        assert_eq!(rest.len(), len, "nothing after the first response");
+        let (head, rest) = read_head(&mut sock).await;
+        read_body(&mut sock, &head, rest).await;
         if head.starts_with("http/1.1 200") {
             break;
         }
@@ -159,17 +168,8 @@ async fn trickle(server: &Server, request: &str) -> (String, serde_json::Value) 
         sock.write_all(std::slice::from_ref(b)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (head, mut body) = read_head(&mut sock).await;
-    let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
-    while body.len() < len {
-        let mut b = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed before the body's end");
-        body.extend_from_slice(&b[..n]);
-    }
+    let (head, rest) = read_head(&mut sock).await;
+    let body = read_body(&mut sock, &head, rest).await;
     (head, serde_json::from_slice(&body).unwrap())
 }
 
