@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -29,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 use crate::auth;
 use crate::error::{Error, Result};
+use crate::fanout::MAX_IOVECS;
 use crate::http::ConnInfo;
 use crate::hub::{SubscribeError, Subscription};
 use crate::streams;
@@ -151,14 +151,16 @@ pub async fn watch(
     Ok(response)
 }
 
-/// Most iovecs per `writev`.
-const MAX_IOVECS: usize = 64;
+/// A client's write queue as it starts, and as it is trimmed back to once parked.
+const QUEUE_CAPACITY: usize = 4;
 
 /// Serves an admitted client straight on its socket, without hyper: a close-delimited `HTTP/1.1 200`
 /// response (`Connection: close`, as Icecast does), then every batch the hub has ready in one vectored write.
-/// This is the path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush,
-/// no per-connection read buffer (hyper's are 8 KiB and more).
-pub async fn serve_raw(mut socket: TcpStream, admitted: Admitted, name: &str) {
+/// Once the client has caught up with the live edge its socket is parked with one of the stream's shard tasks
+/// (`fanout`), which writes new chunks to it directly; it comes back here when it cannot keep up. This is the
+/// path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush, no
+/// per-connection read buffer (hyper's are 8 KiB and more), no task wake-up per chunk while caught up.
+pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     let Admitted {
         mut sub,
         permit,
@@ -166,20 +168,33 @@ pub async fn serve_raw(mut socket: TcpStream, admitted: Admitted, name: &str) {
     } = admitted;
     let kill = sub.kill_token().clone();
     let peer = socket.peer_addr().ok();
+    let socket = Arc::new(socket);
     tracing::debug!(stream = %name, ?peer, "client joined");
     let mut head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n");
     for (k, v) in WATCH_HEADERS {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("connection: close\r\n\r\n");
-    let mut queue = VecDeque::with_capacity(MAX_IOVECS);
+    let mut queue = VecDeque::with_capacity(QUEUE_CAPACITY);
     queue.push_back(Bytes::from(head));
     let pump = async {
         loop {
-            if queue.is_empty() && !sub.next_batch(&mut queue).await {
-                return Ok(true);
+            if queue.is_empty() {
+                if let Some(parked) = sub.park(&socket) {
+                    // Catching up may have grown it; parked clients are most clients, so keep them small.
+                    queue.shrink_to(QUEUE_CAPACITY);
+                    match parked.await {
+                        Ok(resume) => queue.extend(sub.resume(resume?)),
+                        // The shard let go without a word: only for a cancelled connection.
+                        Err(_) => return Ok(false),
+                    }
+                    continue;
+                }
+                if !sub.next_batch(&mut queue).await {
+                    return Ok(true);
+                }
             }
-            write_some(&mut socket, &mut queue).await?;
+            write_some(&socket, &mut queue).await?;
         }
     };
     let ended: std::io::Result<bool> = tokio::select! {
@@ -190,7 +205,7 @@ pub async fn serve_raw(mut socket: TcpStream, admitted: Admitted, name: &str) {
     match ended {
         // The stream ended: a clean end of the response.
         Ok(true) => {
-            let _ = socket.shutdown().await;
+            let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
         }
         // Reaper or shutdown: dropping the socket is the point.
         Ok(false) => {}
@@ -199,14 +214,26 @@ pub async fn serve_raw(mut socket: TcpStream, admitted: Admitted, name: &str) {
     drop(permit);
 }
 
-/// One `writev` of the queue's front (up to [`MAX_IOVECS`] chunks); drops what was written.
-async fn write_some(socket: &mut TcpStream, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+/// One `writev` of the queue's front (up to [`MAX_IOVECS`] chunks), once the socket can take some; drops what
+/// was written.
+async fn write_some(socket: &TcpStream, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     let slices: Vec<IoSlice<'_>> = queue
         .iter()
         .take(MAX_IOVECS)
         .map(|b| IoSlice::new(b))
         .collect();
-    let mut n = socket.write_vectored(&slices).await?;
+    // `poll_write_ready` rather than `writable()`: the latter's future carries a waiter node, about 150 bytes
+    // more in every client's task.
+    let mut n = std::future::poll_fn(|cx| {
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write_vectored(&slices) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    })
+    .await?;
     drop(slices);
     if n == 0 {
         return Err(std::io::ErrorKind::WriteZero.into());

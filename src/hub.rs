@@ -23,10 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
+use crate::fanout::{self, Parked, Resume, Snapshot};
 use crate::webm::{self, Chunk, TrackInfo, TrackKind};
 
 /// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
@@ -35,6 +37,8 @@ pub const RING_MAX_BYTES: usize = 24 << 20;
 /// Chunks handed to a reader per lock: enough to drain a keyframe burst quickly, small enough that the
 /// lock stays short.
 const MAX_BATCH: usize = 64;
+/// A reader's batch buffer as it starts, and as it is trimmed back to once parked.
+const PENDING_CAPACITY: usize = 4;
 /// How often the reaper looks for readers past `max_lag`.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -110,12 +114,16 @@ pub struct Hub {
     dirty: AtomicBool,
     clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
     next_client: AtomicU64,
+    /// The head, readable without the lock (a shard checks it between clients).
+    published: AtomicU64,
     epoch: Instant,
+    /// Caught-up raw watchers, written directly by the shard tasks (`fanout`).
+    shards: Vec<fanout::Shard>,
     pub stats: HubStats,
 }
 
 #[derive(Debug)]
-struct ClientShared {
+pub struct ClientShared {
     peer: Option<SocketAddr>,
     kill: CancellationToken,
     /// Next sequence number the reader will take.
@@ -144,7 +152,11 @@ impl Hub {
             dirty: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             epoch: Instant::now(),
+            shards: (0..fanout::shard_count())
+                .map(|_| fanout::Shard::default())
+                .collect(),
             stats: HubStats::default(),
         })
     }
@@ -169,7 +181,7 @@ impl Hub {
 
     /// Number of chunks published so far (0 = no media output yet).
     pub fn published_chunks(&self) -> u64 {
-        self.inner.lock().unwrap().head()
+        self.published.load(Ordering::Acquire)
     }
 
     /// Span of the block timestamps published so far.
@@ -182,6 +194,52 @@ impl Hub {
 
     pub fn is_ended(&self) -> bool {
         self.inner.lock().unwrap().ended
+    }
+
+    /// Whether readers are woken once per coalescing window rather than on every chunk.
+    pub(crate) fn coalescing(&self) -> bool {
+        !self.cfg.coalesce.is_zero()
+    }
+
+    pub(crate) fn head_rx(&self) -> watch::Receiver<()> {
+        self.head_tx.subscribe()
+    }
+
+    pub(crate) fn shard(&self, index: usize) -> &fanout::Shard {
+        &self.shards[index]
+    }
+
+    /// For a shard's pass: clones into `out` the chunks from `from` to the head, leaving out those older than
+    /// the skip lag (a client still that far back goes to its task, which skips).
+    pub(crate) fn snapshot(&self, from: u64, out: &mut Vec<Bytes>) -> Snapshot {
+        out.clear();
+        let now = Instant::now();
+        let lag = self.skip_lag();
+        let inner = self.inner.lock().unwrap();
+        let mut from = from.max(inner.base);
+        for slot in inner.ring.iter().skip((from - inner.base) as usize) {
+            if out.is_empty() && now.duration_since(slot.at) > lag {
+                from += 1;
+            } else {
+                out.push(slot.data.clone());
+            }
+        }
+        Snapshot {
+            from,
+            head: inner.head(),
+            ended: inner.ended,
+        }
+    }
+
+    /// A shard wrote `bytes` to a client, whose next chunk is now `cursor`.
+    pub(crate) fn delivered(&self, c: &ClientShared, cursor: u64, bytes: usize, caught_up: bool) {
+        c.cursor.store(cursor, Ordering::Relaxed);
+        if caught_up {
+            c.caught_up_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+        self.stats
+            .bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn publish_header(&self, data: Bytes, tracks: Vec<TrackInfo>) {
@@ -254,6 +312,7 @@ impl Hub {
                 data: chunk.data,
                 at: now,
             });
+            self.published.store(inner.head(), Ordering::Release);
             inner.bytes += len;
             // Keep `max_lag` of history (readers further back are dropped anyway) and always the newest
             // keyframe group for joiners, within the byte cap.
@@ -350,7 +409,7 @@ impl Hub {
         self.clients.lock().unwrap().insert(id, shared.clone());
         self.stats.clients_now.fetch_add(1, Ordering::Relaxed);
         self.stats.clients_total.fetch_add(1, Ordering::Relaxed);
-        let mut pending = VecDeque::with_capacity(8);
+        let mut pending = VecDeque::with_capacity(PENDING_CAPACITY);
         pending.push_back(header);
         Ok(Subscription {
             hub: self.clone(),
@@ -495,6 +554,53 @@ impl Subscription {
         self.count_sent(self.pending.iter().map(Bytes::len).sum());
         out.extend(self.pending.drain(..));
         true
+    }
+
+    /// Hands a caught-up reader's socket to a shard of the stream (see `fanout`), which writes new chunks to
+    /// it directly; the receiver says where to go on once the shard gives it back. `None` when the reader is
+    /// not at the live edge (or the stream has ended): go on with [`Subscription::next_batch`]. Call it only
+    /// once everything taken so far is written.
+    pub fn park(
+        &mut self,
+        socket: &Arc<TcpStream>,
+    ) -> Option<oneshot::Receiver<std::io::Result<Resume>>> {
+        let Cursor::At(cursor) = self.cursor else {
+            return None;
+        };
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let index = self.id as usize % self.hub.shards.len();
+        let shard = &self.hub.shards[index];
+        let (tx, rx) = oneshot::channel();
+        {
+            // Under the hub's lock, so that every chunk published after this is one the shard sees as new.
+            let inner = self.hub.inner.lock().unwrap();
+            if cursor != inner.head() || inner.ended {
+                return None;
+            }
+            self.shared
+                .caught_up_ms
+                .store(self.hub.now_ms(), Ordering::Relaxed);
+            shard.parked.lock().unwrap().push(Parked {
+                socket: socket.clone(),
+                shared: self.shared.clone(),
+                cursor,
+                resume: tx,
+            });
+        }
+        shard.ensure_running(&self.hub, index);
+        // A joiner's first batches (its keyframe group) grew the buffer; while parked it holds nothing.
+        self.pending.shrink_to(PENDING_CAPACITY);
+        Some(rx)
+    }
+
+    /// Takes a reader back from a shard: its next chunk is `resume.cursor`; returns the rest of a chunk the
+    /// shard wrote only in part, to be written first.
+    pub fn resume(&mut self, resume: Resume) -> Option<Bytes> {
+        self.cursor = Cursor::At(resume.cursor);
+        self.shared.cursor.store(resume.cursor, Ordering::Relaxed);
+        resume.rest
     }
 
     fn count_sent(&self, n: usize) {
@@ -894,6 +1000,137 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 4);
+    }
+
+    /// A connected loopback pair: the server side (for parking) and the client side.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (Arc::new(server), client)
+    }
+
+    /// Takes everything the reader has ready, as a task does before it parks.
+    async fn drain(s: &mut Subscription) {
+        let mut q = VecDeque::new();
+        while !s.pending.is_empty() || matches!(s.fill(), Fill::Data) {
+            assert!(s.next_batch(&mut q).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn parked_reader_is_written_by_its_shard_and_handed_back_at_the_end() {
+        use tokio::io::AsyncReadExt;
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let mut s = reader(&h).await;
+        let (sock, mut client) = socket_pair().await;
+        assert!(
+            s.park(&sock).is_none(),
+            "not caught up: the header is not even taken"
+        );
+        drain(&mut s).await;
+        let back = s.park(&sock).expect("caught up");
+        let sent = h.stats.bytes_sent.load(Ordering::Relaxed);
+        let at = h.published_chunks();
+        publish_gops(&mut p, 1, 1);
+        let expected: Vec<u8> = {
+            let inner = h.inner.lock().unwrap();
+            let from = (at - inner.base) as usize;
+            inner
+                .ring
+                .iter()
+                .skip(from)
+                .flat_map(|s| s.data.to_vec())
+                .collect()
+        };
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the shard writes without the reader's task")
+            .unwrap();
+        assert_eq!(got, expected);
+        h.finish();
+        let resume = tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("handed back at the end")
+            .unwrap()
+            .unwrap();
+        assert_eq!(resume.cursor, h.published_chunks());
+        assert!(resume.rest.is_none());
+        assert_eq!(
+            h.stats.bytes_sent.load(Ordering::Relaxed) - sent,
+            expected.len() as u64
+        );
+        assert!(s.resume(resume).is_none());
+        assert!(!s.next_batch(&mut VecDeque::new()).await, "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_goes_back_to_its_task_with_the_rest_of_its_chunk() {
+        let h = hub(JoinMode::Gop, 60_000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let (sock, client) = socket_pair().await;
+        let _ = socket2::SockRef::from(&*sock).set_send_buffer_size(4096);
+        let _ = socket2::SockRef::from(&client).set_recv_buffer_size(4096);
+        let mut s = reader(&h).await;
+        drain(&mut s).await;
+        let back = s.park(&sock).expect("caught up");
+        let at = h.published_chunks();
+        // A client that never reads: about 2 MB of 64 KiB blocks cannot all fit.
+        let big = vec![7u8; 64 << 10];
+        for i in 1..33 {
+            let mut c = cluster(i * 1000);
+            let mut payload = vec![0x81, 0, 0, 0x80];
+            payload.extend_from_slice(&big);
+            c.extend(element(0xA3, &payload));
+            p.push(&c).unwrap();
+        }
+        let resume = tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("handed back")
+            .unwrap()
+            .unwrap();
+        assert!(resume.cursor > at && resume.cursor < h.published_chunks());
+        if let Some(rest) = &resume.rest {
+            let inner = h.inner.lock().unwrap();
+            let chunk = &inner.ring[(resume.cursor - 1 - inner.base) as usize].data;
+            assert!(!rest.is_empty() && rest.len() < chunk.len());
+            assert!(chunk.ends_with(rest), "the unwritten tail of the chunk");
+        }
+        assert_eq!(s.resume(resume).is_some(), s.pending.is_empty());
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_shard_lets_go_of_a_client_whose_task_is_gone() {
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        let mut s = reader(&h).await;
+        let (sock, _client) = socket_pair().await;
+        drain(&mut s).await;
+        let back = s.park(&sock).expect("caught up");
+        let parked = |h: &Hub| {
+            h.shards
+                .iter()
+                .map(|s| s.parked.lock().unwrap().len())
+                .sum::<usize>()
+        };
+        // The task ends: its socket reference and its subscription go.
+        drop((back, s, sock));
+        publish_gops(&mut p, 1, 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while parked(&h) > 0 {
+            assert!(Instant::now() < deadline, "still parked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(h.client_count(), 0);
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@
 //! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
 //! - [`writer`]: live WebM writer that emits blocks in arrival order (no interleaving wait), per-track appsinks.
 //! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
+//! - [`fanout`]: shard tasks that write new chunks straight to caught-up watchers' sockets.
 //! - [`streams`]: registry of live streams (name → entry), name rules, 409/503 on push.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
 
@@ -34,6 +35,7 @@ pub mod config;
 pub mod detect;
 pub mod egress;
 pub mod error;
+pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod ingest;
