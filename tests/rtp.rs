@@ -31,6 +31,21 @@ fn free_ports() -> u16 {
     panic!("no four free UDP ports");
 }
 
+/// `N` different bases from [`free_ports`], each checked free (an unchecked `base + 100` once collided with
+/// another test's socket: ffmpeg's "bind failed: Address already in use").
+fn distinct_free_ports<const N: usize>() -> [u16; N] {
+    let mut out = [0; N];
+    for i in 0..N {
+        out[i] = loop {
+            let p = free_ports();
+            if out[..i].iter().all(|&q| p.abs_diff(q) >= 4) {
+                break p;
+            }
+        };
+    }
+    out
+}
+
 /// A GStreamer RTP receiver for the port scheme (video P/P+1, audio P+2/P+3): counts decoded frames and
 /// audio buffers, and notes RTCP BYE.
 struct Receiver {
@@ -234,7 +249,7 @@ fn ffmpeg_frames(sdp: &str, seconds: u32) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_decode_transcoded_and_passthrough_streams_and_see_bye() {
-    let (gst_base, ff_base, sdp_base) = (free_ports(), free_ports() + 100, free_ports() + 200);
+    let [gst_base, ff_base, sdp_base] = distinct_free_ports();
     let server = Server::start(|a| {
         a.pace = true;
         a.rtp_target = vec![target(gst_base), target(ff_base), target(sdp_base)];
@@ -356,7 +371,7 @@ fn packet_counter(port: u16) -> (Arc<AtomicU64>, Arc<Mutex<Option<Instant>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_change_at_runtime_without_disturbing_http() {
     let server = Server::start(|a| a.pace = true).await;
-    let (a_base, b_base) = (free_ports(), free_ports() + 200);
+    let [a_base, b_base] = distinct_free_ports();
     let (a_count, a_last) = packet_counter(a_base);
     let (b_count, _) = packet_counter(b_base);
     let name = "switch";
