@@ -30,6 +30,8 @@ const STALL: Duration = Duration::from_secs(1);
 /// Hard cap on a run, whatever the options say.
 const MAX_DURATION: Duration = Duration::from_secs(600);
 const MAX_CLIENTS: usize = 20_000;
+/// Seconds of media beyond the planned ramp and measurement (pipeline start, a slow ramp).
+const RAMP_SLACK_S: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -691,7 +693,7 @@ fn decode_frames(data: &[u8]) -> anyhow::Result<u64> {
 async fn run(args: &Args) -> anyhow::Result<Report> {
     let tool_cpu0 = proc_cpu_secs("self");
     let ramp_s = (args.clients as f64 / args.ramp.max(1) as f64).ceil() as u64;
-    let media_s = args.duration + ramp_s + 8;
+    let media_s = args.duration + ramp_s + RAMP_SLACK_S;
     eprintln!("generating {media_s} s of {:?} input...", args.mode);
     let data = make_media(args.mode, media_s, &args.size, args.kbps)?;
     let plan = Arc::new(schedule(&data)?);
@@ -738,11 +740,19 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(args.clients);
     let gap = Duration::from_secs_f64(1.0 / args.ramp.max(1) as f64);
+    let ramp0 = tokio::time::Instant::now();
     for i in 0..args.clients {
         let name = names[i % names.len()].clone();
         tasks.push(tokio::spawn(client(addr, name, t0, stop.clone(), i == 0)));
-        tokio::time::sleep(gap).await;
+        // Against the ramp's own clock: sleeping `gap` each time would add every oversleep (a millisecond
+        // timer on a loaded machine) and stretch a 10 s ramp to 20.
+        tokio::time::sleep_until(ramp0 + gap * (i as u32 + 1)).await;
     }
+    let ramp_took = ramp0.elapsed();
+    anyhow::ensure!(
+        ramp_took.as_secs_f64() < ramp_s as f64 + RAMP_SLACK_S as f64 / 2.0,
+        "the ramp took {ramp_took:?}, planned {ramp_s} s: the pushed media would end before the measurement does"
+    );
     // Measure with everyone connected.
     let cpu0 = proc_cpu_secs(&pid);
     let m0 = Instant::now();
