@@ -149,13 +149,10 @@ fn pass(hub: &Hub, index: usize, bufs: &mut PassBuffers) -> bool {
         return hub.is_ended();
     };
     let mut snap = hub.snapshot(from, chunks);
-    let refresh = !hub.coalescing();
     for (i, mut p) in list.drain(..).enumerate() {
         // What was published while the pass went on goes out in this pass too: under load a pass is long,
-        // and one write of two chunks is far cheaper than two writes. (Not with a coalescing window, whose
-        // point is one write per window.)
-        if refresh && i % REFRESH_EVERY == REFRESH_EVERY - 1 && hub.published_chunks() != snap.head
-        {
+        // and one write of two chunks is far cheaper than two writes.
+        if i % REFRESH_EVERY == REFRESH_EVERY - 1 && hub.published_chunks() != snap.head {
             snap = hub.snapshot(snap.from, chunks);
         }
         match deliver(hub, &mut p, &snap, chunks) {
