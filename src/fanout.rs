@@ -1,8 +1,8 @@
-//! Direct fan-out: raw watchers that have caught up with the live edge are written by a few shard tasks per
+//! Direct fan-out: raw watchers that have caught up with the live edge are written by a few shard threads per
 //! stream, instead of each chunk waking one task per client.
 //!
 //! ```text
-//!  publish ─► head_tx ─► shard task ×S ─► try_writev to every parked socket (stack iovecs, no allocation)
+//!  publish ─► head_tx ─► shard thread ×S ─► writev to every parked socket (non-blocking, stack iovecs)
 //!                              │ WouldBlock, partial write, falling behind, stream end
 //!                              ▼
 //!                        client task: resumes at its cursor (and the rest of a half-written chunk)
@@ -11,10 +11,11 @@
 //! A client task (`egress::serve_raw`) parks its socket here when its last batch is written and its cursor is
 //! the head ([`crate::hub::Subscription::park`], under the hub's lock, so no publication slips in between). A
 //! shard then writes each new chunk to every parked socket in one non-blocking `writev` per client, as Icecast
-//! writes to its listeners from one loop: at 1000 clients that is two woken tasks per chunk instead of 1000. A
-//! socket that cannot take everything at once goes back to its task, which waits for the socket like any other
-//! reader and parks again once it has caught up; so a slow client never holds up a shard, and skipping and
-//! reaping work as before.
+//! writes to its listeners from one loop: at 1000 clients that is two woken threads per chunk instead of 1000
+//! tasks. A socket that cannot take everything at once goes back to its task, which waits for the socket like
+//! any other reader and parks again once it has caught up; so a slow client never holds up a shard, and
+//! skipping and reaping work as before. With a coalescing window nobody parks: tasks that run late merge
+//! windows into one write, which held up better under overload.
 //!
 //! Lock order: the hub's `inner`, then a shard's `parked` (parking); a shard never holds `parked` while it
 //! takes `inner`.
@@ -117,7 +118,7 @@ impl Shard {
     }
 }
 
-/// A shard's loop: after every publication (or coalescing window), writes what is new to its parked clients;
+/// A shard's loop: after every publication, writes what is new to its parked clients;
 /// hands everyone back and ends when the stream has ended.
 async fn run(hub: Arc<Hub>, index: usize) {
     let mut rx = hub.head_rx();

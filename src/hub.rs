@@ -767,6 +767,15 @@ mod tests {
         }
     }
 
+    /// A hub with its header and one keyframe group published.
+    fn started(join: JoinMode, max_lag_ms: u64) -> (Arc<Hub>, Publisher) {
+        let h = hub(join, max_lag_ms);
+        let mut p = Publisher::new(h.clone());
+        p.push(&header(true)).unwrap();
+        publish_gops(&mut p, 0, 1);
+        (h, p)
+    }
+
     /// A reader of `h`, subscribed now.
     async fn reader(h: &Arc<Hub>) -> Subscription {
         h.subscribe(None, CancellationToken::new(), Duration::from_secs(1))
@@ -844,10 +853,7 @@ mod tests {
 
     #[tokio::test]
     async fn cluster_whose_first_video_block_is_delta_is_no_join_point() {
-        let h = hub(JoinMode::Gop, 5000);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, mut p) = started(JoinMode::Gop, 5000);
         // A forced cluster that starts mid-GOP.
         let mut c = cluster(5000);
         c.extend(block(1, false, 9));
@@ -881,10 +887,7 @@ mod tests {
 
     #[tokio::test]
     async fn finish_ends_readers_cleanly() {
-        let h = hub(JoinMode::Gop, 5000);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, _p) = started(JoinMode::Gop, 5000);
         let mut s = reader(&h).await;
         h.finish();
         let mut n = 0;
@@ -910,10 +913,7 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_reader_skips_to_newest_keyframe_then_is_reaped() {
-        let h = hub(JoinMode::Gop, 300);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, mut p) = started(JoinMode::Gop, 300);
         let kill = CancellationToken::new();
         let mut slow = h
             .subscribe(None, kill.clone(), Duration::from_secs(1))
@@ -1024,10 +1024,7 @@ mod tests {
     #[tokio::test]
     async fn parked_reader_is_written_by_its_shard_and_handed_back_at_the_end() {
         use tokio::io::AsyncReadExt;
-        let h = hub(JoinMode::Gop, 5000);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, mut p) = started(JoinMode::Gop, 5000);
         let mut s = reader(&h).await;
         let (sock, mut client) = socket_pair().await;
         assert!(
@@ -1073,10 +1070,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_socket_goes_back_to_its_task_with_the_rest_of_its_chunk() {
-        let h = hub(JoinMode::Gop, 60_000);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, mut p) = started(JoinMode::Gop, 60_000);
         let (sock, client) = socket_pair().await;
         let _ = socket2::SockRef::from(&*sock).set_send_buffer_size(4096);
         let _ = socket2::SockRef::from(&client).set_recv_buffer_size(4096);
@@ -1111,10 +1105,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_shard_lets_go_of_a_client_whose_task_is_gone() {
-        let h = hub(JoinMode::Gop, 5000);
-        let mut p = Publisher::new(h.clone());
-        p.push(&header(true)).unwrap();
-        publish_gops(&mut p, 0, 1);
+        let (h, mut p) = started(JoinMode::Gop, 5000);
         let mut s = reader(&h).await;
         let (sock, _client) = socket_pair().await;
         drain(&mut s).await;
