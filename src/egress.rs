@@ -180,9 +180,12 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     let pump = async {
         loop {
             if queue.is_empty() {
-                if let Some(parked) = sub.park(&socket) {
-                    // Catching up may have grown it; parked clients are most clients, so keep them small.
+                // A joiner's first batches (its keyframe group) grow it; most of a client's life it holds a
+                // chunk or two, and clients are many.
+                if queue.capacity() > 4 * QUEUE_CAPACITY {
                     queue.shrink_to(QUEUE_CAPACITY);
+                }
+                if let Some(parked) = sub.park(&socket) {
                     match parked.await {
                         Ok(resume) => queue.extend(sub.resume(resume?)),
                         // The shard let go without a word: only for a cancelled connection.

@@ -593,8 +593,7 @@ impl Subscription {
             });
         }
         shard.ensure_running(&self.hub, index);
-        // A joiner's first batches (its keyframe group) grew the buffer; while parked it holds nothing.
-        self.pending.shrink_to(PENDING_CAPACITY);
+        self.trim();
         Some(rx)
     }
 
@@ -604,6 +603,14 @@ impl Subscription {
         self.cursor = Cursor::At(resume.cursor);
         self.shared.cursor.store(resume.cursor, Ordering::Relaxed);
         resume.rest
+    }
+
+    /// Gives back what a burst (a joiner's keyframe group, catching up) grew the batch buffer to, once the reader
+    /// has caught up: most of its life it holds a chunk or two, and readers are many.
+    fn trim(&mut self) {
+        if self.pending.capacity() > 4 * PENDING_CAPACITY {
+            self.pending.shrink_to(PENDING_CAPACITY);
+        }
     }
 
     fn count_sent(&self, n: usize) {
@@ -621,6 +628,7 @@ impl Subscription {
                 Fill::Data => {}
                 Fill::End => return false,
                 Fill::Wait => {
+                    self.trim();
                     if self.rx.changed().await.is_err() {
                         return false;
                     }
