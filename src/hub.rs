@@ -12,6 +12,9 @@
 //! a keyframe), and a reader that has not caught up with the live edge for `max_lag` is disconnected by the
 //! reaper, which also covers readers that never read at all (their body is never polled).
 //!
+//! A raw reader that has caught up hands its socket to the stream's fan-out threads ([`crate::fanout`]), which
+//! write new chunks to it directly until it falls behind, and hand it back.
+//!
 //! Lock order: `inner` and `clients` are never held together; neither is held across an await or a push.
 //! Both are `std::sync::Mutex`: critical sections are a few pointer moves, shorter than a tokio mutex's
 //! own bookkeeping, and never span an await.
@@ -37,7 +40,7 @@ pub const RING_MAX_BYTES: usize = 24 << 20;
 /// Chunks handed to a reader per lock: enough to drain a keyframe burst quickly, small enough that the
 /// lock stays short.
 const MAX_BATCH: usize = 64;
-/// A reader's batch buffer as it starts, and as it is trimmed back to once parked.
+/// A reader's batch buffer as it starts, and as it is trimmed back to once caught up.
 const PENDING_CAPACITY: usize = 4;
 /// How often the reaper looks for readers past `max_lag`.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
