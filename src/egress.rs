@@ -157,9 +157,9 @@ const QUEUE_CAPACITY: usize = 4;
 /// Serves an admitted client straight on its socket, without hyper: a close-delimited `HTTP/1.1 200`
 /// response (`Connection: close`, as Icecast does), then every batch the hub has ready in one vectored write.
 /// Once the client has caught up with the live edge its socket is parked with one of the stream's fan-out
-/// threads (`fanout`), which writes new chunks to it directly; it comes back here when it cannot keep up. This is the
-/// path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush, no
-/// per-connection read buffer (hyper's are 8 KiB and more), no task wake-up per chunk while caught up.
+/// threads (`fanout`), which writes new chunks to it directly; it comes back here when it cannot keep up.
+/// This is the path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush,
+/// no per-connection read buffer (hyper's are 8 KiB and more), no task wake-up per chunk while caught up.
 pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     let Admitted {
         mut sub,
