@@ -2,7 +2,7 @@
 //! stream, instead of each chunk waking one task per client.
 //!
 //! ```text
-//!  publish ─► head_tx ─► shard thread ×S ─► writev to every parked socket (non-blocking, stack iovecs)
+//!  publish ─► head_tx ─► shard thread ×S ─► writev to every parked socket (non-blocking, shared iovecs)
 //!                              │ WouldBlock, partial write, falling behind, stream end
 //!                              ▼
 //!                        client task: resumes at its cursor (and the rest of a half-written chunk)
@@ -122,7 +122,7 @@ impl Shard {
 /// hands everyone back and ends when the stream has ended.
 async fn run(hub: Arc<Hub>, index: usize) {
     let mut rx = hub.head_rx();
-    // Kept from pass to pass, so a steady pass allocates nothing.
+    // Kept from pass to pass, so a pass allocates only its iovecs (one per chunk, not per client).
     let mut bufs = PassBuffers::default();
     loop {
         rx.borrow_and_update();
@@ -150,13 +150,17 @@ fn pass(hub: &Hub, index: usize, bufs: &mut PassBuffers) -> bool {
         return hub.is_ended();
     };
     let mut snap = hub.snapshot(from, chunks);
+    // The iovecs of the snapshot, made once per pass: every client's write is a slice of them.
+    let mut iovs: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
     for (i, mut p) in list.drain(..).enumerate() {
         // What was published while the pass went on goes out in this pass too: under load a pass is long,
         // and one write of two chunks is far cheaper than two writes.
         if i % REFRESH_EVERY == REFRESH_EVERY - 1 && hub.published_chunks() != snap.head {
+            drop(iovs);
             snap = hub.snapshot(snap.from, chunks);
+            iovs = chunks.iter().map(|c| IoSlice::new(c)).collect();
         }
-        match deliver(hub, &mut p, &snap, chunks) {
+        match deliver(hub, &mut p, &snap, chunks, &iovs) {
             Step::Keep => kept.push(p),
             Step::HandBack(r) => {
                 let _ = p.resume.send(r);
@@ -176,8 +180,14 @@ fn pass(hub: &Hub, index: usize, bufs: &mut PassBuffers) -> bool {
     snap.ended
 }
 
-/// Writes to `p` what it has not had yet, in non-blocking `writev`s.
-fn deliver(hub: &Hub, p: &mut Parked, snap: &Snapshot, chunks: &[Bytes]) -> Step {
+/// Writes to `p` what it has not had yet, in non-blocking `writev`s; `iovs` are `chunks` as iovecs.
+fn deliver(
+    hub: &Hub,
+    p: &mut Parked,
+    snap: &Snapshot,
+    chunks: &[Bytes],
+    iovs: &[IoSlice<'_>],
+) -> Step {
     // Its task holds the other reference for as long as it serves the client (a cancelled connection's task
     // ends at once), so a lone reference is a client that is gone. Cheaper than asking the cancellation token,
     // which takes a lock.
@@ -196,15 +206,12 @@ fn deliver(hub: &Hub, p: &mut Parked, snap: &Snapshot, chunks: &[Bytes]) -> Step
         if p.cursor >= snap.head {
             break Step::Keep;
         }
-        let todo = &chunks[(p.cursor - snap.from) as usize..];
+        let at = (p.cursor - snap.from) as usize;
+        let todo = &chunks[at..];
         let k = todo.len().min(MAX_IOVECS);
-        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-        for (slot, c) in iov.iter_mut().zip(&todo[..k]) {
-            *slot = IoSlice::new(c);
-        }
         // Straight to the socket rather than through tokio's readiness (another cache miss per client): a
-        // `WouldBlock` here hands the client back, and its task's `writable()` finds out for itself.
-        match (&*SockRef::from(&*p.socket)).write_vectored(&iov[..k]) {
+        // `WouldBlock` here hands the client back, and its task's `poll_write_ready` finds out for itself.
+        match (&*SockRef::from(&*p.socket)).write_vectored(&iovs[at..at + k]) {
             Ok(mut n) => {
                 written += n;
                 let mut i = 0;
