@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::FailureLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::streams::Registry;
+use crate::stream::registry::Registry;
 use crate::templates::Templates;
 use crate::tokens::TokenStore;
 

@@ -19,6 +19,27 @@ pub enum JoinMode {
     Live,
 }
 
+/// Which WebM writer a stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Muxer {
+    /// transcast's writer: blocks go out as they arrive (no interleaving wait).
+    #[default]
+    Direct,
+    /// GStreamer's `webmmux` (the `mux.pipeline` template): holds each block until every track has data.
+    Webmmux,
+}
+
+/// What a stream shows while it has no source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// A generated picture that names the stream and says it waits for its source, plus silence.
+    #[default]
+    Slate,
+    /// Nothing: the stream ends when its source is lost.
+    None,
+}
+
 /// Options of `transcast serve`. Each field documents its default; `--help` prints the same text.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -99,8 +120,24 @@ pub struct ServeArgs {
     /// WebM writer: `direct` (transcast's, blocks go out as they arrive) or `webmmux` (GStreamer's muxer from
     /// the `mux.pipeline` template, which holds each block until every track has data: about 14 ms more latency
     /// with audio and video).
-    #[arg(long, value_enum, default_value_t = crate::pipeline::Muxer::Direct)]
-    pub muxer: crate::pipeline::Muxer,
+    #[arg(long, value_enum, default_value_t = Muxer::Direct)]
+    pub muxer: Muxer,
+
+    /// What a stream shows when its source is lost (connection reset or closed mid-body, --source-timeout,
+    /// an input or decode error): `slate` (a generated picture naming the stream, plus silence, at the
+    /// stream's size and rate) or `none` (the stream ends with its source, as a plain proxy does).
+    #[arg(long, value_enum, default_value_t = Fallback::Slate)]
+    pub fallback: Fallback,
+
+    /// Seconds a stream stays on its fallback waiting for its source before it ends for every viewer.
+    #[arg(long, default_value_t = 30.0)]
+    pub linger: f64,
+
+    /// Seconds a stream whose upload ended cleanly (Content-Length reached, or the chunked terminator) waits
+    /// for a continuation (`Content-Range: bytes N-M/*`, as souphttpclientsink sends) before it ends. 0 ends
+    /// it as soon as the input is played out.
+    #[arg(long, default_value_t = 2.0)]
+    pub resume_grace: f64,
 
     /// Write-coalescing window in milliseconds: clients are woken at most once per window and get everything
     /// published in it in one go. Fewer wake-ups and writes per client (CPU), at up to one window of added
@@ -198,7 +235,10 @@ pub struct Config {
     pub max_gop_bytes: usize,
     pub send_buffer: usize,
     pub coalesce: Duration,
-    pub muxer: crate::pipeline::Muxer,
+    pub muxer: Muxer,
+    pub fallback: Fallback,
+    pub linger: Duration,
+    pub resume_grace: Duration,
     /// Token server masks; empty = token server off.
     pub token_server: Vec<ipnet::IpNet>,
     /// Control API masks when the token server is off.
@@ -295,6 +335,13 @@ impl Config {
             send_buffer: a.send_buffer,
             coalesce: Duration::from_millis(a.coalesce_ms.min(1000)),
             muxer: a.muxer,
+            fallback: a.fallback,
+            linger: secs("linger", a.linger)?,
+            resume_grace: if a.resume_grace == 0.0 {
+                Duration::ZERO
+            } else {
+                secs("resume-grace", a.resume_grace)?
+            },
             token_server: a.token_server,
             api_allow: if a.api_allow.is_empty() {
                 crate::auth::loopback_masks()

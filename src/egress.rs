@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::fanout::MAX_IOVECS;
 use crate::http::ConnInfo;
 use crate::hub::{SubscribeError, Subscription};
-use crate::streams;
+use crate::stream::registry as streams;
 
 /// How long a client of a stream that is still starting (typefind, first keyframe) waits for its header.
 pub const HEADER_WAIT: Duration = Duration::from_secs(10);

@@ -23,6 +23,8 @@ pub enum Kind {
     NotFound,
     /// The stream name is already being pushed.
     Busy,
+    /// A continuation (`Content-Range`) that does not start where the stream's input is.
+    BadOffset,
     /// The input is not a container/codec transcast can read.
     UnsupportedMedia,
     /// A configured limit (streams, clients, transcodes) is reached.
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Busy => StatusCode::CONFLICT,
+            Kind::BadOffset => StatusCode::RANGE_NOT_SATISFIABLE,
             Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Forbidden => "forbidden",
             Kind::NotFound => "not_found",
             Kind::Busy => "stream_busy",
+            Kind::BadOffset => "bad_offset",
             Kind::UnsupportedMedia => "unsupported_media",
             Kind::Unavailable => "limit_reached",
             Kind::Pipeline => "pipeline_error",

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::app::AppState;
+use crate::egress;
 use crate::error::Error;
-use crate::{egress, ingest};
+use crate::source::push;
 
 /// A request head must arrive within this, so idle or slowloris connections do not pile up.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,8 +80,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/live/{name}",
             get(egress::watch)
                 .head(egress::watch)
-                .put(ingest::push)
-                .post(ingest::push),
+                .put(push::push)
+                .post(push::push),
         )
         .route("/", get(crate::web::status))
         .route("/watch/{name}", get(crate::web::watch_page))

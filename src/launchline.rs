@@ -12,8 +12,8 @@ use gstreamer as gst;
 use gstreamer_pbutils as pbutils;
 use pbutils::prelude::*;
 
-use crate::detect::{self, Probe};
 use crate::error::{Error, Result};
+use crate::source::detect::{self, Probe};
 use crate::templates::{Part, Templates};
 
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);

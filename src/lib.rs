@@ -3,7 +3,24 @@
 //! is fanned out as live WebM to any number of HTTP clients.
 //!
 //! # Layout
+//! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside.
+//!
+//! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, typefind, feeding,
+//!   continuation pieces, the push summary); `source::pipeline` demuxes/decodes one source and converts it to
+//!   its stream's caps; `source::detect` typefinds.
+//! - [`stream`]: a stream's life (state, the switch between sources and the fallback, linger, end);
+//!   `stream::output` its own pipeline (per-track appsrc → encoder or passthrough → writer, RTP tap);
+//!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time; `stream::attach` what a stream knows of its source;
+//!   `stream::registry` name → stream, name rules, 503 on too many.
+//! - [`writer`]: live WebM writer that emits blocks in arrival order (no interleaving wait).
+//! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
+//! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
+//! - [`fanout`]: fan-out threads that write new chunks straight to caught-up watchers' sockets.
+//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response, on the bare socket or through hyper.
+//! - [`rtp`]: RTP/UDP rebroadcast through rtpbin: targets changeable at runtime, SDP for receivers.
 //! - [`app`]: shared state, startup checks (templates, token store, listener), the server task.
+//! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
+//!   connection whose first request is a watch skips hyper).
 //! - [`api`]: the control API (`/api/v1` streams and tokens; `api::compat` for soup-transcoding-proxy's
 //!   query strings); `api::dto` holds its JSON wire types.
 //! - [`auth`]: address masks, the caller behind trusted proxies, token secrets.
@@ -12,39 +29,23 @@
 //! - [`web`]: the status page (`/`) and the watch page (`/watch/{name}`), server-rendered HTML.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with.
 //! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
-//! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
-//!   connection whose first request is a watch skips hyper).
-//! - [`ingest`]: `PUT`/`POST /live/{name}`: checks, typefind, feeding the pipeline, the push summary.
-//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response, on the bare socket or through hyper.
-//! - [`detect`]: typefind of the first bytes, supported containers, the MP4 `moov` check.
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
-//! - [`pipeline`]: one stream's pipeline, linked around dynamic pads; pacing and frame-drop probes.
-//! - [`rtp`]: RTP/UDP rebroadcast through rtpbin: targets changeable at runtime, SDP for receivers.
-//! - [`pacing`]: real-time pacing of input that arrives too fast, without letting delay pile up.
-//! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
-//! - [`writer`]: live WebM writer that emits blocks in arrival order (no interleaving wait), per-track appsinks.
-//! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
-//! - [`fanout`]: shard tasks that write new chunks straight to caught-up watchers' sockets.
-//! - [`streams`]: registry of live streams (name → entry), name rules, 409/503 on push.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod detect;
 pub mod egress;
 pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod hub;
-pub mod ingest;
 pub mod launchline;
 pub mod metrics;
-pub mod pacing;
-pub mod pipeline;
 pub mod rtp;
-pub mod streams;
+pub mod source;
+pub mod stream;
 pub mod templates;
 pub mod tokens;
 pub mod web;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::app::AppState;
-use crate::pipeline::Mode;
+use crate::stream::Mode;
 
 /// Counters of streams that have ended (live streams are summed at scrape time).
 #[derive(Debug, Default)]
@@ -26,6 +26,41 @@ pub struct Totals {
     pub clients_dropped: AtomicU64,
     pub pipeline_errors: AtomicU64,
     pub frames_dropped: AtomicU64,
+    pub failovers: AtomicU64,
+    pub resumes: AtomicU64,
+    pub fallback_ms: AtomicU64,
+}
+
+/// The ended streams' counters at one moment (see [`crate::stream::registry::Registry::snapshot`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TotalsSnapshot {
+    pub streams: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub clients: u64,
+    pub clients_dropped: u64,
+    pub pipeline_errors: u64,
+    pub frames_dropped: u64,
+    pub failovers: u64,
+    pub resumes: u64,
+    pub fallback_seconds: f64,
+}
+
+impl Totals {
+    pub fn snapshot(&self) -> TotalsSnapshot {
+        TotalsSnapshot {
+            streams: self.streams.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            clients: self.clients.load(Relaxed),
+            clients_dropped: self.clients_dropped.load(Relaxed),
+            pipeline_errors: self.pipeline_errors.load(Relaxed),
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            failovers: self.failovers.load(Relaxed),
+            resumes: self.resumes.load(Relaxed),
+            fallback_seconds: self.fallback_ms.load(Relaxed) as f64 / 1000.0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -36,46 +71,56 @@ impl Collector for StateCollector {
         let Some(app) = self.0.upgrade() else {
             return Ok(());
         };
-        let (
-            live,
-            [
-                streams_ended,
-                t_bytes_in,
-                t_bytes_out,
-                t_clients,
-                t_dropped,
-                pipeline_errors,
-                t_frames,
-            ],
-        ) = app.registry.snapshot();
+        let (live, mut t) = app.registry.snapshot();
         let (mut starting, mut pass, mut trans) = (0i64, 0i64, 0i64);
-        let (mut bytes_in, mut bytes_out, mut clients_total, mut dropped, mut frames_dropped) =
-            (t_bytes_in, t_bytes_out, t_clients, t_dropped, t_frames);
+        let (mut live_now, mut fallback_now) = (0i64, 0i64);
         let mut clients_now = 0i64;
         let mut rt_min: Option<f64> = None;
         for e in &live {
-            let mode = e.pipeline.get().map(|s| s.mode()).unwrap_or_default();
+            let mode = e.mode();
             match mode {
                 Mode::Starting => starting += 1,
                 Mode::Passthrough => pass += 1,
                 Mode::Transcode => trans += 1,
             }
+            match e.state() {
+                crate::stream::State::Live => live_now += 1,
+                crate::stream::State::Fallback => fallback_now += 1,
+                _ => {}
+            }
             let s = &e.hub.stats;
-            bytes_in += e.bytes_in.load(Relaxed);
-            bytes_out += s.bytes_sent.load(Relaxed);
-            clients_total += s.clients_total.load(Relaxed);
-            dropped += s.dropped.load(Relaxed);
+            t.bytes_in += e.bytes_in.load(Relaxed);
+            t.bytes_out += s.bytes_sent.load(Relaxed);
+            t.clients += s.clients_total.load(Relaxed);
+            t.clients_dropped += s.dropped.load(Relaxed);
             clients_now += s.clients_now.load(Relaxed) as i64;
-            frames_dropped += e
-                .pipeline
-                .get()
-                .map_or(0, |p| p.frames_dropped.load(Relaxed));
+            t.frames_dropped += e.frames_dropped();
+            t.failovers += e.counters.failovers.load(Relaxed);
+            t.resumes += e.counters.resumes.load(Relaxed);
+            t.fallback_seconds += e.fallback_seconds();
             if mode == Mode::Transcode
                 && let Some(rt) = e.rates.lock().unwrap().realtime_factor
             {
                 rt_min = Some(rt_min.map_or(rt, |m: f64| m.min(rt)));
             }
         }
+        let (
+            streams_ended,
+            bytes_in,
+            bytes_out,
+            clients_total,
+            dropped,
+            pipeline_errors,
+            frames_dropped,
+        ) = (
+            t.streams,
+            t.bytes_in,
+            t.bytes_out,
+            t.clients,
+            t.clients_dropped,
+            t.pipeline_errors,
+            t.frames_dropped,
+        );
 
         let g = ConstGauge::new(0i64);
         let mut streams = enc.encode_descriptor(
@@ -91,6 +136,37 @@ impl Collector for StateCollector {
         ] {
             ConstGauge::new(n).encode(streams.encode_family(&[("mode", mode)])?)?;
         }
+        let g = ConstGauge::new(0i64);
+        let mut states = enc.encode_descriptor(
+            "transcast_streams_by_state",
+            "Streams by state: live (a source on air) or fallback (showing the slate)",
+            None,
+            g.metric_type(),
+        )?;
+        for (state, n) in [("live", live_now), ("fallback", fallback_now)] {
+            ConstGauge::new(n).encode(states.encode_family(&[("state", state)])?)?;
+        }
+        drop(states);
+        counter(
+            &mut enc,
+            "transcast_failovers",
+            "Times a stream lost its source and switched to its fallback",
+            t.failovers,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_resumes",
+            "Times a stream on its fallback took a returning source back",
+            t.resumes,
+        )?;
+        let c = ConstCounter::new(t.fallback_seconds);
+        let m = enc.encode_descriptor(
+            "transcast_fallback_seconds",
+            "Seconds streams spent on their fallback",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
         gauge(
             &mut enc,
             "transcast_clients",

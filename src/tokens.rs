@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::detect::Container;
 use crate::error::{Error, Kind, Result};
+use crate::source::detect::Container;
 
 pub const STATE_FILE: &str = "tokens.json";
 const STATE_VERSION: u32 = 1;

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::dto::StreamInfo;
 use crate::app::AppState;
 use crate::error::{Error, Result};
-use crate::streams;
+use crate::stream::registry as streams;
 
 const STYLE: &str = r#"
 :root { --bg:#f6f7f9; --card:#fff; --ink:#1d2330; --muted:#667085; --line:#e4e7ec; --accent:#2f6fed; }

@@ -544,7 +544,7 @@ async fn coalescing_window_still_delivers_every_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webmmux_writer_still_plays() {
-    let server = Server::start(|a| a.muxer = transcast::pipeline::Muxer::Webmmux).await;
+    let server = Server::start(|a| a.muxer = transcast::config::Muxer::Webmmux).await;
     for (i, kind) in [Media::WebmVp8Vorbis, Media::Mp4Faststart]
         .into_iter()
         .enumerate()

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use super::dto::{CompatOk, CompatStream, CompatToken};
 use crate::app::AppState;
 use crate::error::{Error, Result};
-use crate::streams;
+use crate::stream::registry as streams;
 use crate::tokens::{Origin, Outputs, Session};
 
 pub fn router() -> Router<Arc<AppState>> {
@@ -144,7 +144,7 @@ async fn list_streams(State(app): State<Arc<AppState>>) -> Json<Vec<CompatStream
             .iter()
             .map(|e| CompatStream {
                 sessionid: e.name.clone(),
-                mode: e.pipeline.get().map(|s| s.mode()).unwrap_or_default(),
+                mode: e.mode(),
                 clients: e.hub.client_count(),
             })
             .collect(),

@@ -3,12 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Mode;
+use crate::stream::{Mode, State};
 
 #[derive(Debug, Serialize)]
 pub struct StreamInfo {
     pub name: String,
+    /// `starting`, `live` (a source on air), `fallback` (showing the slate), `ended`.
+    pub state: State,
     pub mode: Mode,
+    /// The source feeding the stream now (absent while on the fallback).
+    pub source: Option<SourceDto>,
+    /// Times the stream lost its source and switched to its fallback.
+    pub failovers: u64,
+    /// Times a source came back while the stream was on its fallback.
+    pub resumes: u64,
+    /// Seconds spent on the fallback.
+    pub fallback_seconds: f64,
     pub input: InputInfo,
     pub output: OutputInfo,
     /// RFC 3339.
@@ -23,6 +33,14 @@ pub struct StreamInfo {
     pub encoder_realtime_factor: Option<f64>,
     pub frames_dropped: u64,
     pub rtp_targets: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceDto {
+    /// The pushing connection's address.
+    pub peer: Option<String>,
+    /// RFC 3339: when this source attached.
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]

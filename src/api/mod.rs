@@ -23,7 +23,8 @@ use crate::app::AppState;
 use crate::auth;
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
-use crate::streams::{self, StreamEntry};
+use crate::stream::Stream;
+use crate::stream::registry as streams;
 use crate::tokens::{self, Origin, Outputs, Session};
 use dto::*;
 
@@ -83,24 +84,31 @@ fn codec_of_track(codec_id: &str) -> String {
     }
 }
 
-pub fn stream_info(e: &StreamEntry) -> StreamInfo {
+pub fn stream_info(e: &Stream) -> StreamInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let tracks = e.hub.tracks();
     let video = tracks
         .iter()
         .find(|t| t.kind == crate::webm::TrackKind::Video);
-    let shared = e.pipeline.get();
-    let mode = shared.map(|s| s.mode()).unwrap_or_default();
+    let mode = e.mode();
+    let source = e.source();
+    let attached = e.has_source();
     let rates = *e.rates.lock().unwrap();
     let stats = &e.hub.stats;
     StreamInfo {
         name: e.name.clone(),
+        state: e.state(),
         mode,
+        source: source.as_ref().filter(|_| attached).map(|s| SourceDto {
+            peer: s.peer.map(|p| p.to_string()),
+            since: rfc3339(OffsetDateTime::from(s.since)),
+        }),
+        failovers: e.counters.failovers.load(Relaxed),
+        resumes: e.counters.resumes.load(Relaxed),
+        fallback_seconds: (e.fallback_seconds() * 1000.0).round() / 1000.0,
         input: InputInfo {
-            container: e.container.get().map(|c| c.name()),
-            codecs: shared
-                .map(|s| s.input_codecs.lock().unwrap().clone())
-                .unwrap_or_default(),
+            container: source.as_ref().and_then(|s| s.container),
+            codecs: source.map(|s| s.codecs).unwrap_or_default(),
         },
         output: OutputInfo {
             content_type: (!tracks.is_empty()).then_some(if video.is_some() {
@@ -125,15 +133,13 @@ pub fn stream_info(e: &StreamEntry) -> StreamInfo {
         },
         encoder_realtime_factor: rates
             .realtime_factor
-            .filter(|_| mode == crate::pipeline::Mode::Transcode),
-        frames_dropped: shared.map_or(0, |s| s.frames_dropped.load(Relaxed)),
-        rtp_targets: shared
-            .map(|s| s.rtp.targets().iter().map(ToString::to_string).collect())
-            .unwrap_or_default(),
+            .filter(|_| mode == crate::stream::Mode::Transcode),
+        frames_dropped: e.frames_dropped(),
+        rtp_targets: e.rtp().targets().iter().map(ToString::to_string).collect(),
     }
 }
 
-fn entry(app: &AppState, name: &str) -> Result<Arc<StreamEntry>> {
+fn entry(app: &AppState, name: &str) -> Result<Arc<Stream>> {
     streams::validate_name(name)?;
     app.registry
         .get(name)
@@ -168,11 +174,7 @@ async fn stream_graph(
     Path(name): Path<String>,
 ) -> Result<Response> {
     let e = entry(&app, &name)?;
-    let dot = e
-        .pipeline
-        .get()
-        .and_then(|s| s.dot())
-        .ok_or_else(|| Error::not_found(format!("stream '{name}' has no pipeline yet")))?;
+    let dot = e.dot();
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -210,12 +212,8 @@ pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::
     Ok(parsed)
 }
 
-fn rtp_of(app: &AppState, name: &str) -> Result<Arc<crate::pipeline::Shared>> {
-    entry(app, name)?
-        .pipeline
-        .get()
-        .cloned()
-        .ok_or_else(|| Error::not_found(format!("stream '{name}' has no pipeline yet")))
+fn rtp_of(app: &AppState, name: &str) -> Result<Arc<Stream>> {
+    entry(app, name)
 }
 
 fn targets_json(t: &[std::net::SocketAddr]) -> Json<RtpTargets> {
@@ -228,7 +226,7 @@ async fn get_rtp(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<RtpTargets>> {
-    Ok(targets_json(&rtp_of(&app, &name)?.rtp.targets()))
+    Ok(targets_json(&rtp_of(&app, &name)?.rtp().targets()))
 }
 
 /// Replaces a live stream's RTP/UDP targets.
@@ -240,7 +238,7 @@ async fn put_rtp(
     let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
     let shared = rtp_of(&app, &name)?;
     let targets = crate::rtp::merge_targets(&[], parse_rtp_targets(&app, &req.targets)?);
-    shared.rtp.set_targets(targets.clone());
+    shared.rtp().set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets replaced");
     Ok(targets_json(&targets))
 }
@@ -260,13 +258,13 @@ async fn patch_rtp(
         .map(|t| crate::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
     let kept: Vec<_> = shared
-        .rtp
+        .rtp()
         .targets()
         .into_iter()
         .filter(|t| !remove.contains(t))
         .collect();
     let targets = crate::rtp::merge_targets(&kept, add);
-    shared.rtp.set_targets(targets.clone());
+    shared.rtp().set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets edited");
     Ok(targets_json(&targets))
 }
@@ -281,12 +279,12 @@ async fn stream_sdp(
     let target = match q.get("target") {
         Some(t) => crate::rtp::parse_target(t)?,
         None => *shared
-            .rtp
+            .rtp()
             .targets()
             .first()
             .ok_or_else(|| Error::not_found(format!("stream '{name}' has no RTP targets")))?,
     };
-    let sdp = shared.rtp.sdp(&name, target)?;
+    let sdp = shared.rtp().sdp(&name, target)?;
     Ok((
         [(
             header::CONTENT_TYPE,

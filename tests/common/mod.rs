@@ -56,6 +56,9 @@ impl Server {
             listen: "127.0.0.1:0".parse().unwrap(),
             pace: false,
             max_transcodes: Some(64),
+            // Most tests check how one push is served and ended; the failover tests turn the slate on.
+            fallback: transcast::config::Fallback::None,
+            resume_grace: 0.3,
             state_dir: state_dir.path().to_path_buf(),
             ..ServeArgs::default()
         };

@@ -1,20 +1,17 @@
-//! Registry of live streams: name → entry, with the 409/503 checks of a new push.
+//! Registry of streams: name → [`Stream`], with the 503 check of a new one.
 //!
-//! An entry is created when a push is accepted (before typefind, so a second source gets 409 at once) and
-//! removed when its [`Reservation`] drops, whatever way the push ends.
+//! A stream is created by the first push to its name (before typefind, so a second source gets 409 at once)
+//! and removed when its [`Reservation`] drops, which its task holds for the stream's whole life: through
+//! source changes and its fallback, until it ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use crate::detect::Container;
+use super::Stream;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
 use crate::metrics::Totals;
-use crate::pipeline::Shared;
 
 /// Stream names: what fits a URL path segment and a GStreamer object name unescaped.
 pub const NAME_MAX_LEN: usize = 64;
@@ -33,20 +30,6 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-#[derive(Debug)]
-pub struct StreamEntry {
-    pub name: String,
-    pub hub: Arc<Hub>,
-    /// Cancelled to abort the stream (API, shutdown).
-    pub abort: CancellationToken,
-    pub started_at: SystemTime,
-    pub bytes_in: AtomicU64,
-    pub container: OnceLock<Container>,
-    pub pipeline: OnceLock<Arc<Shared>>,
-    /// Refreshed every [`RATE_INTERVAL`] by [`sample_rates`].
-    pub rates: Mutex<Rates>,
-}
-
 /// How often stream rates are sampled.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -62,7 +45,7 @@ pub struct Rates {
 }
 
 /// Samples a stream's rates until the stream is gone.
-pub async fn sample_rates(entry: Weak<StreamEntry>) {
+pub async fn sample_rates(entry: Weak<Stream>) {
     let mut tick = tokio::time::interval(RATE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<(Instant, u64, u64, Duration)> = None;
@@ -88,17 +71,17 @@ pub async fn sample_rates(entry: Weak<StreamEntry>) {
 
 #[derive(Debug)]
 pub struct Registry {
-    streams: Mutex<HashMap<String, Arc<StreamEntry>>>,
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
     max_streams: usize,
     /// Counters of ended streams; a stream's are folded in when it leaves the registry.
     pub totals: Totals,
 }
 
-/// Holds a stream name while its push runs; frees it on drop.
+/// Holds a stream's name while it lives; frees it on drop.
 #[derive(Debug)]
 pub struct Reservation {
     registry: Arc<Registry>,
-    pub entry: Arc<StreamEntry>,
+    pub entry: Arc<Stream>,
 }
 
 impl Registry {
@@ -110,48 +93,58 @@ impl Registry {
         })
     }
 
-    /// Claims `name` for a new push: 409 if it is live, 503 past `--max-streams`.
-    pub fn reserve(
+    /// The live stream named `name`, or a new one made by `create` (503 past `--max-streams`). A new
+    /// stream comes with its reservation, for its task to hold. A stream that is ending is replaced.
+    pub fn open(
         self: &Arc<Self>,
         name: &str,
-        hub: Arc<Hub>,
-        abort: CancellationToken,
-    ) -> Result<Reservation> {
+        create: impl FnOnce() -> Result<Arc<Stream>>,
+    ) -> Result<(Arc<Stream>, Option<Reservation>)> {
+        if let Some(s) = self.get(name).filter(|s| !s.is_ended()) {
+            return Ok((s, None));
+        }
+        self.check_room(name)?;
+        // Made outside the lock: building a stream's pipeline is GStreamer work.
+        let stream = create()?;
         let mut streams = self.streams.lock().unwrap();
-        if streams.contains_key(name) {
-            return Err(Error::new(
-                crate::error::Kind::Busy,
-                format!("stream '{name}' is already being pushed"),
-            ));
+        if let Some(s) = streams.get(name).filter(|s| !s.is_ended()) {
+            return Ok((s.clone(), None));
         }
-        if streams.len() >= self.max_streams {
-            return Err(Error::unavailable(format!(
-                "the stream limit (--max-streams {}) is reached",
-                self.max_streams
-            )));
+        let live = streams.values().filter(|s| !s.is_ended()).count();
+        if !streams.contains_key(name) && live >= self.max_streams {
+            return Err(self.limit_error());
         }
-        let entry = Arc::new(StreamEntry {
-            name: name.to_string(),
-            hub,
-            abort,
-            started_at: SystemTime::now(),
-            bytes_in: AtomicU64::new(0),
-            container: OnceLock::new(),
-            pipeline: OnceLock::new(),
-            rates: Mutex::default(),
-        });
-        streams.insert(name.to_string(), entry.clone());
-        Ok(Reservation {
-            registry: self.clone(),
-            entry,
-        })
+        streams.insert(name.to_string(), stream.clone());
+        Ok((
+            stream.clone(),
+            Some(Reservation {
+                registry: self.clone(),
+                entry: stream,
+            }),
+        ))
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<StreamEntry>> {
+    fn check_room(&self, name: &str) -> Result<()> {
+        let streams = self.streams.lock().unwrap();
+        let live = streams.values().filter(|s| !s.is_ended()).count();
+        if !streams.contains_key(name) && live >= self.max_streams {
+            return Err(self.limit_error());
+        }
+        Ok(())
+    }
+
+    fn limit_error(&self) -> Error {
+        Error::unavailable(format!(
+            "the stream limit (--max-streams {}) is reached",
+            self.max_streams
+        ))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
         self.streams.lock().unwrap().get(name).cloned()
     }
 
-    pub fn list(&self) -> Vec<Arc<StreamEntry>> {
+    pub fn list(&self) -> Vec<Arc<Stream>> {
         let mut v: Vec<_> = self.streams.lock().unwrap().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -159,20 +152,9 @@ impl Registry {
 
     /// Live streams and the ended-stream totals, read under the lock that folds one into the other, so a
     /// counter summed from both never goes backwards.
-    pub fn snapshot(&self) -> (Vec<Arc<StreamEntry>>, [u64; 7]) {
+    pub fn snapshot(&self) -> (Vec<Arc<Stream>>, crate::metrics::TotalsSnapshot) {
         let streams = self.streams.lock().unwrap();
-        let t = &self.totals;
-        let totals = [
-            &t.streams,
-            &t.bytes_in,
-            &t.bytes_out,
-            &t.clients,
-            &t.clients_dropped,
-            &t.pipeline_errors,
-            &t.frames_dropped,
-        ]
-        .map(|c| c.load(Ordering::Relaxed));
-        (streams.values().cloned().collect(), totals)
+        (streams.values().cloned().collect(), self.totals.snapshot())
     }
 
     pub fn len(&self) -> usize {
@@ -205,29 +187,24 @@ impl Drop for Reservation {
             .fetch_add(s.clients_total.load(Ordering::Relaxed), Ordering::Relaxed);
         t.clients_dropped
             .fetch_add(s.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
-        if let Some(p) = e.pipeline.get() {
-            t.frames_dropped
-                .fetch_add(p.frames_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        t.frames_dropped
+            .fetch_add(e.frames_dropped(), Ordering::Relaxed);
+        t.failovers.fetch_add(
+            e.counters.failovers.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.resumes.fetch_add(
+            e.counters.resumes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.fallback_ms
+            .fetch_add((e.fallback_seconds() * 1000.0) as u64, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::HubConfig;
-
-    fn hub() -> Arc<Hub> {
-        Hub::new(
-            "x",
-            HubConfig {
-                join: Default::default(),
-                max_lag: std::time::Duration::from_secs(1),
-                max_gop_bytes: 1,
-                coalesce: Duration::ZERO,
-            },
-        )
-    }
 
     #[test]
     fn names() {
@@ -236,26 +213,5 @@ mod tests {
         for bad in ["", "a b", "a/b", "..", "é", &"a".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn second_push_is_busy_and_name_frees_on_drop() {
-        let r = Registry::new(1);
-        let a = r.reserve("a", hub(), CancellationToken::new()).unwrap();
-        assert_eq!(
-            r.reserve("a", hub(), CancellationToken::new())
-                .unwrap_err()
-                .kind,
-            crate::error::Kind::Busy
-        );
-        assert_eq!(
-            r.reserve("b", hub(), CancellationToken::new())
-                .unwrap_err()
-                .kind,
-            crate::error::Kind::Unavailable
-        );
-        drop(a);
-        assert!(r.get("a").is_none());
-        assert!(r.reserve("a", hub(), CancellationToken::new()).is_ok());
     }
 }

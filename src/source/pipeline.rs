@@ -1,0 +1,420 @@
+//! A source's pipeline: its bytes are typefound, demuxed and (unless passed through) decoded and converted to
+//! the stream's raw caps, then handed to the stream track by track.
+//!
+//! ```text
+//!                        ┌─ (raw track) ─────────────── conform (convert/scale/rate to the stream's caps) ─ appsink ─┐
+//!  appsrc ─ decodebin ───┤                                                                                          ├─► Stream::stamp ─ pace ─ Stream::deliver
+//!   (bytes)  or matroskademux ─ (VP8/VP9/Vorbis/Opus, passthrough stream) ─ queue ──────────────────────── appsink ─┤
+//!                        └─ (Matroska, other codec) ─ decodebin ─ conform ─────────────────────────────── appsink ─┘
+//! ```
+//!
+//! The first video and first audio track are used; others (and subtitles) go to a fakesink so they never
+//! stall the demuxer as not-linked. What the stream does with each track ([`Offer`]) is the stream's
+//! decision. Buffers are paced here ([`crate::pacing`]) in stream time, holding this pipeline's streaming
+//! thread, which backs up into the appsrc and throttles the sender through TCP. All callbacks hold weak
+//! references to the pipeline (a strong one would be a cycle), and none may panic: a failure becomes an
+//! error message on this pipeline's bus, so it ends this source only.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+
+use crate::error::{Error, Kind, Result};
+use crate::source::detect::Detected;
+use crate::stream::pacing::Pacer;
+use crate::stream::{Offer, Stamp, Stream};
+use crate::templates::{Part, Templates};
+use crate::webm::TrackKind;
+
+/// Input bytes queued in the appsrc before the push stops reading the socket: a few hundred ms of a
+/// typical upload, small enough that pacing throttles the sender quickly.
+pub const APPSRC_MAX_BYTES: u64 = 512 << 10;
+
+/// Raw tracks are converted to the stream's caps by these (never client input; the caps are set in code).
+const VIDEO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
+    ! videoconvert ! videoscale ! videorate ! capsfilter name=caps";
+const AUDIO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
+    ! audioconvert ! audioresample ! capsfilter name=caps";
+
+/// What the streaming threads write and the source task reads.
+#[derive(Debug, Default)]
+pub struct SourceShared {
+    /// Input track caps as the front exposed them, e.g. `h264`.
+    pub input_codecs: Mutex<Vec<String>>,
+    /// A decision error raised on a streaming thread (no decoder, refused by the stream), reported over the
+    /// pipeline's error message.
+    pub failure: Mutex<Option<Error>>,
+}
+
+impl SourceShared {
+    fn codecs(&self) -> MutexGuard<'_, Vec<String>> {
+        self.input_codecs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running source pipeline; set to NULL on drop.
+#[derive(Debug)]
+pub struct SourcePipeline {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    pacer: Arc<Pacer>,
+    pub shared: Arc<SourceShared>,
+}
+
+struct Builder {
+    id: u64,
+    stream: Arc<Stream>,
+    templates: Arc<Templates>,
+    pipeline: glib::WeakRef<gst::Pipeline>,
+    matroska: bool,
+    pacer: Arc<Pacer>,
+    shared: Arc<SourceShared>,
+    taken: Mutex<(bool, bool)>,
+}
+
+impl SourcePipeline {
+    /// Builds and starts the pipeline of source `id` of `stream`, for an input typefound as `input`.
+    pub fn start(
+        stream: Arc<Stream>,
+        id: u64,
+        input: &Detected,
+        templates: Arc<Templates>,
+        pace: bool,
+    ) -> Result<SourcePipeline> {
+        let pipeline = gst::Pipeline::with_name(&format!("source-{}-{id}", stream.name));
+        let appsrc = gst_app::AppSrc::builder()
+            .name("src")
+            .caps(&input.caps)
+            .format(gst::Format::Bytes)
+            .stream_type(gst_app::AppStreamType::Stream)
+            .max_bytes(APPSRC_MAX_BYTES)
+            .block(false)
+            .build();
+        let matroska = input.container.is_matroska();
+        let front = templates.element(if matroska {
+            Part::DemuxMatroska
+        } else {
+            Part::Decode
+        })?;
+        pipeline.add_many([appsrc.upcast_ref(), &front])?;
+        appsrc.link(&front)?;
+        let shared = Arc::new(SourceShared::default());
+        let pacer = Arc::new(Pacer::new(pace));
+        let builder = Arc::new(Builder {
+            id,
+            stream: stream.clone(),
+            templates,
+            pipeline: pipeline.downgrade(),
+            matroska,
+            pacer: pacer.clone(),
+            shared: shared.clone(),
+            taken: Mutex::new((false, false)),
+        });
+        if !matroska {
+            // decodebin's pads are raw; the codecs are seen while it autoplugs.
+            let s = Arc::downgrade(&shared);
+            front.connect("autoplug-continue", false, move |args| {
+                if let (Some(s), Ok(caps)) = (s.upgrade(), args[2].get::<gst::Caps>()) {
+                    record_codec(&s, &caps);
+                }
+                Some(true.to_value())
+            });
+        }
+        let b = builder.clone();
+        front.connect_no_more_pads(move |_| {
+            b.stream.note_codecs(b.id, b.shared.codecs().clone());
+            if let Err(e) = b.stream.tracks_complete(b.id) {
+                b.fail(e);
+            }
+        });
+        front.connect_pad_added(move |_, pad| {
+            if let Err(e) = builder.on_front_pad(pad) {
+                builder.fail(e);
+            }
+        });
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(Error::pipeline("the source's pipeline did not start"));
+        }
+        Ok(SourcePipeline {
+            pipeline,
+            appsrc,
+            pacer,
+            shared,
+        })
+    }
+
+    pub fn bus(&self) -> gst::Bus {
+        self.pipeline.bus().expect("a pipeline has a bus")
+    }
+
+    /// An async sink for input bytes with appsrc backpressure (waits while the appsrc holds
+    /// [`APPSRC_MAX_BYTES`]).
+    pub fn input(&self) -> gst_app::app_src::AppSrcSink {
+        self.appsrc.sink()
+    }
+
+    pub fn end_of_stream(&self) {
+        let _ = self.appsrc.end_of_stream();
+    }
+
+    pub fn input_codecs(&self) -> Vec<String> {
+        self.shared.codecs().clone()
+    }
+}
+
+impl Drop for SourcePipeline {
+    fn drop(&mut self) {
+        // Wake a streaming thread held by the pacer first, so going to NULL never waits on it.
+        self.pacer.shutdown();
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Notes the codec of elementary-stream caps (containers and raw caps are ignored).
+fn record_codec(shared: &SourceShared, caps: &gst::CapsRef) {
+    if let Some(c) = codec_name(caps) {
+        let mut v = shared.codecs();
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+}
+
+/// Short codec name of elementary-stream caps: `h264`, `aac`, `vp8`...; None for containers and raw media.
+pub fn codec_name(caps: &gst::CapsRef) -> Option<String> {
+    let s = caps.structure(0)?;
+    let name = s.name().as_str();
+    let (kind, sub) = name.split_once('/')?;
+    if !matches!(kind, "video" | "audio") || sub == "x-raw" {
+        return None;
+    }
+    let short = match name {
+        "audio/mpeg" => match (
+            s.get::<i32>("mpegversion").unwrap_or(1),
+            s.get::<i32>("layer").unwrap_or(3),
+        ) {
+            (1, 3) => "mp3",
+            (1, _) => "mp2",
+            _ => "aac",
+        },
+        "video/mpeg" if s.get::<bool>("systemstream").unwrap_or(false) => return None,
+        "video/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(2) {
+            4 => "mpeg4",
+            1 => "mpeg1",
+            _ => "mpeg2",
+        },
+        // Containers typefind as video/... or audio/... too.
+        "video/quicktime" | "video/mpegts" | "video/x-flv" | "video/x-matroska" | "video/webm"
+        | "audio/webm" | "audio/x-matroska" | "video/x-msvideo" | "video/ogg" | "audio/ogg"
+        | "video/x-ms-asf" | "audio/x-m4a" | "video/x-3gp" | "audio/x-wav" => return None,
+        _ => sub.strip_prefix("x-").unwrap_or(sub),
+    };
+    Some(short.to_string())
+}
+
+fn is_web_codec(caps_name: &str) -> bool {
+    matches!(
+        caps_name,
+        "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus"
+    )
+}
+
+impl Builder {
+    fn pipeline(&self) -> Result<gst::Pipeline> {
+        self.pipeline
+            .upgrade()
+            .ok_or_else(|| Error::pipeline("pipeline gone"))
+    }
+
+    /// Reports a decision error from a streaming thread: kept for the source task, posted as a pipeline error.
+    fn fail(&self, e: Error) {
+        tracing::warn!(stream = %self.stream.name, source = self.id, "{}", e.message);
+        let msg = e.message.clone();
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(e);
+        if let Some(p) = self.pipeline.upgrade() {
+            let _ = p.post_message(
+                gst::message::Error::builder(gst::CoreError::Failed, &msg)
+                    .src(&p)
+                    .build(),
+            );
+        }
+    }
+
+    fn on_front_pad(&self, pad: &gst::Pad) -> Result<()> {
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let caps_name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let video = caps_name.starts_with("video/");
+        let audio = caps_name.starts_with("audio/");
+        let first_of_kind = {
+            let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = if video { &mut taken.0 } else { &mut taken.1 };
+            (video || audio) && !std::mem::replace(slot, true)
+        };
+        if !first_of_kind {
+            tracing::info!(stream = %self.stream.name, caps = %caps_name, "ignoring extra or non-media track");
+            return self.discard(pad);
+        }
+        let raw = caps_name.ends_with("/x-raw");
+        if !raw {
+            record_codec(&self.shared, &caps);
+        }
+        if !self.matroska && !raw {
+            self.discard(pad)?;
+            return Err(Error::unsupported(format!(
+                "no decoder is installed for the {caps_name} track"
+            )));
+        }
+        let kind = if video {
+            TrackKind::Video
+        } else {
+            TrackKind::Audio
+        };
+        let passthrough = self.matroska && is_web_codec(&caps_name);
+        let target = match self.stream.offer_track(self.id, kind, &caps, passthrough) {
+            Offer::Discard(why) => {
+                tracing::info!(stream = %self.stream.name, caps = %caps_name, "track not used: {why}");
+                return self.discard(pad);
+            }
+            Offer::Refuse(e) => {
+                self.discard(pad)?;
+                return Err(e);
+            }
+            Offer::Encoded => None,
+            Offer::Raw(caps) => Some(caps),
+        };
+        tracing::info!(stream = %self.stream.name, input = %caps_name, passthrough = target.is_none(), "linking track");
+        let pipeline = self.pipeline()?;
+        let sink = self.appsink(kind);
+        pipeline.add(&sink)?;
+        let sink_pad = match &target {
+            None => {
+                let queue = self.templates.bin(if video {
+                    Part::VideoPassthrough
+                } else {
+                    Part::AudioPassthrough
+                })?;
+                pipeline.add(&queue)?;
+                queue.link(&sink)?;
+                queue.sync_state_with_parent()?;
+                queue.static_pad("sink").expect("checked at load")
+            }
+            Some(caps) => {
+                let conform = gst::parse::bin_from_description(
+                    if video { VIDEO_CONFORM } else { AUDIO_CONFORM },
+                    true,
+                )?;
+                if let Some(f) = conform.by_name("caps") {
+                    f.set_property("caps", caps);
+                }
+                pipeline.add(&conform)?;
+                conform.link(&sink)?;
+                conform.sync_state_with_parent()?;
+                conform.static_pad("sink").expect("ghosted by parse")
+            }
+        };
+        sink.sync_state_with_parent()?;
+        if raw || target.is_none() {
+            pad.link(&sink_pad).map_err(|e| {
+                Error::unsupported(format!("cannot use the {caps_name} track: {e:?}"))
+            })?;
+        } else {
+            // A Matroska track in a codec browsers cannot play: decode it first.
+            let decoder = self.templates.element(Part::Decode)?;
+            pipeline.add(&decoder)?;
+            let target = sink_pad.downgrade();
+            decoder.connect_pad_added(move |_, dpad| {
+                if let Some(t) = target.upgrade()
+                    && !t.is_linked()
+                {
+                    let _ = dpad.link(&t);
+                }
+            });
+            decoder.sync_state_with_parent()?;
+            pad.link(&decoder.static_pad("sink").expect("decodebin has a sink"))
+                .map_err(|e| {
+                    Error::pipeline(format!("linking the {caps_name} track to a decoder: {e:?}"))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The end of a track: each buffer is mapped into stream time, paced, and handed to the stream.
+    fn appsink(&self, kind: TrackKind) -> gst::Element {
+        let sink = gst_app::AppSink::builder().sync(false).build();
+        sink.set_property("enable-last-sample", false);
+        let (stream, pacer, id) = (self.stream.clone(), self.pacer.clone(), self.id);
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buffer) = sample.buffer_owned() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    drop(sample);
+                    match stream.stamp(id, kind, buffer) {
+                        Stamp::Gone => Err(gst::FlowError::Eos),
+                        Stamp::Skip => Ok(gst::FlowSuccess::Ok),
+                        Stamp::Deliver(buffer, pts) => {
+                            if !pacer.pace(pts) {
+                                return Err(gst::FlowError::Flushing);
+                            }
+                            stream.deliver(id, kind, buffer, pts);
+                            Ok(gst::FlowSuccess::Ok)
+                        }
+                    }
+                })
+                .build(),
+        );
+        sink.upcast()
+    }
+
+    /// Sends a track nowhere, so it neither stalls the demuxer nor errors as not-linked.
+    fn discard(&self, pad: &gst::Pad) -> Result<()> {
+        let pipeline = self.pipeline()?;
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()?;
+        pipeline.add(&sink)?;
+        sink.sync_state_with_parent()?;
+        pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
+            .map_err(|e| Error::pipeline(format!("discarding a track: {e:?}")))?;
+        Ok(())
+    }
+}
+
+/// A pipeline error as text: the element's path and the message (debug detail only in the log).
+pub fn describe_error(err: &gst::message::Error) -> (String, String) {
+    let path = err
+        .src()
+        .map(|s| s.path_string().to_string())
+        .unwrap_or_default();
+    (path, err.error().to_string())
+}
+
+/// Maps a source pipeline error raised before any of its media reached the stream to its pusher's error: bad
+/// input is the client's fault (415); a decision error recorded by the builder keeps its own kind.
+pub fn early_error(shared: &SourceShared, path: &str, message: &str) -> Error {
+    if let Some(e) = shared
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        return e;
+    }
+    Error::new(
+        Kind::UnsupportedMedia,
+        format!("the input could not be decoded: {message} ({path})"),
+    )
+}

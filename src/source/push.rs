@@ -1,0 +1,558 @@
+//! `PUT`/`POST /live/{name}`: a source uploads a stream (Content-Length or chunked), or continues one
+//! (`Content-Range: bytes N-M/*`, the pieces souphttpclientsink sends), and gets a JSON summary.
+//!
+//! ```text
+//!  body frames ─► head (typefind) ─► Feed::Data ─► source task ─► appsrc (bounded: the task waits) ─► ...
+//!                                    ▲ a full feed stops reading the socket, TCP throttles the sender
+//! ```
+//!
+//! Checks run 400 (name) → 401 (token) → 409 (busy) / 503 (limits) → 415 (type); a continuation whose
+//! offset is not where the input is gets 416 naming the expected offset. A push is answered when its body
+//! has been taken (and, for a new source, once its media has reached the stream or failed): the source
+//! then plays out, waits `--resume-grace` for a continuation, and ends the stream unless one comes. Any
+//! error answered while the source is still uploading first drains a bounded part of the body, so that
+//! curl and ffmpeg read the JSON instead of a connection reset.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::error::{Error, Kind, Result};
+use crate::http::ConnInfo;
+use crate::hub::{Hub, HubConfig};
+use crate::source::detect::{self, Probe};
+use crate::stream::attach::{End, Feed, Feeder, Status};
+use crate::stream::output::{Output, OutputContext};
+use crate::stream::registry;
+use crate::stream::{Mode, SourceInfo, Stream, StreamSettings};
+use crate::tokens::Session;
+
+/// After an error, read at most this much of the rest of the upload before closing ...
+pub const DRAIN_MAX_BYTES: usize = 1 << 20;
+/// ... or for at most this long: enough for curl/ffmpeg to finish a small upload and read the answer.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+/// Bound on the wait, after a new source's body is complete, for its media to reach the stream (or fail):
+/// a file whose `moov` comes last starts only now, and decodes within this.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize)]
+pub struct PushSummary {
+    pub stream: String,
+    pub end: End,
+    pub mode: Mode,
+    pub input: &'static str,
+    /// Input bytes the source has taken so far (over all its pieces): where a continuation starts.
+    pub bytes_in: u64,
+    /// Bytes of WebM the stream has published so far (what each viewer gets, not the sum over viewers).
+    pub bytes_out: u64,
+    pub media_duration_ms: u64,
+    pub frames_dropped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a push presents to be let in.
+struct Credentials {
+    ip: Option<std::net::IpAddr>,
+    headers: axum::http::HeaderMap,
+    token: Option<String>,
+}
+
+pub async fn push(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    req: Request,
+) -> Response {
+    let peer = conn.as_ref().map(|c| c.peer);
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let creds = Credentials {
+        ip: peer.map(|p| auth::client_ip(p, req.headers(), &app.config.trusted_proxy)),
+        headers: req.headers().clone(),
+        token: query.get("token").cloned(),
+    };
+    let range = req.headers().get(header::CONTENT_RANGE).cloned();
+    let mut body = req.into_body();
+    // The name goes into the span only once it is known to be clean (no CR/LF to forge a log line).
+    let span = match crate::stream::registry::validate_name(&name) {
+        Ok(()) => tracing::info_span!("push", stream = %name, peer = ?peer),
+        Err(_) => tracing::info_span!("push", stream = "(invalid)", peer = ?peer),
+    };
+    let mut polled = false;
+    let result = tracing::Instrument::instrument(
+        async {
+            let range = range.as_ref().map(parse_content_range).transpose()?;
+            match range {
+                Some(offset) => {
+                    continuation(&app, &name, &creds, offset, &mut body, &mut polled).await
+                }
+                None => run(&app, &name, &creds, peer, &mut body, &mut polled).await,
+            }
+        },
+        span.clone(),
+    )
+    .await;
+    match result {
+        Ok(summary) => {
+            span.in_scope(|| tracing::info!(end = ?summary.end, bytes_in = summary.bytes_in, media_ms = summary.media_duration_ms, "push answered"));
+            let aborted = summary.end == End::Aborted;
+            let mut resp = Json(summary).into_response();
+            if aborted {
+                // The source may still be uploading: the connection ends with this answer.
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            resp
+        }
+        Err(e) => {
+            span.in_scope(|| tracing::warn!(code = e.kind.code(), "push refused: {}", e.message));
+            // A client still waiting for 100-continue has sent no body: nothing to drain.
+            if polled || !expects_continue {
+                drain(&mut body).await;
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// The first byte of `Content-Range: bytes N-M/*` (or `/TOTAL`).
+fn parse_content_range(v: &header::HeaderValue) -> Result<u64> {
+    let bad = || {
+        Error::bad_request("Content-Range must be 'bytes N-M/*' (or 'bytes N-M/TOTAL') with N <= M")
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let rest = s.strip_prefix("bytes ").ok_or_else(bad)?;
+    let (range, _total) = rest.split_once('/').ok_or_else(bad)?;
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    if a > b {
+        return Err(bad());
+    }
+    Ok(a)
+}
+
+/// Reads and discards up to [`DRAIN_MAX_BYTES`] or [`DRAIN_MAX_TIME`] of what is left of an upload.
+async fn drain(body: &mut Body) {
+    let deadline = Instant::now() + DRAIN_MAX_TIME;
+    let mut n = 0usize;
+    while n < DRAIN_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => n += f.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+}
+
+/// What the source did while we waited for its next bytes.
+enum Input {
+    Data(Bytes),
+    End,
+    Timeout,
+    Failed(String),
+}
+
+async fn next_input(body: &mut Body, timeout: Duration) -> Input {
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Input::Timeout,
+            Ok(None) => return Input::End,
+            Ok(Some(Err(e))) => return Input::Failed(e.to_string()),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) if d.is_empty() => continue,
+                Ok(d) => return Input::Data(d),
+                Err(_) => continue, // trailers
+            },
+        }
+    }
+}
+
+/// A new source for `name`: the stream is opened (or created), the push claims it, its head is typefound,
+/// its pipeline and task start, and its body is fed until it ends.
+async fn run(
+    app: &Arc<AppState>,
+    name: &str,
+    creds: &Credentials,
+    peer: Option<std::net::SocketAddr>,
+    body: &mut Body,
+    polled: &mut bool,
+) -> Result<PushSummary> {
+    registry::validate_name(name)?;
+    let session = authorize(app, name, creds)?;
+    let cfg = &app.config;
+    let (stream, reservation) = app
+        .registry
+        .open(name, || create_stream(app, name, session.as_ref()))?;
+    if let Some(r) = reservation {
+        tokio::spawn(stream.clone().run(r));
+    }
+    let id = stream.claim()?;
+    let _release = ReleaseOnDrop(&stream, id);
+
+    // Typefind the head of the upload.
+    *polled = true;
+    let mut head = BytesMut::new();
+    let (detected, complete) = loop {
+        let input = tokio::select! {
+            i = next_input(body, cfg.source_timeout) => i,
+            _ = stream.abort.cancelled() => return Err(if app.shutdown.is_cancelled() {
+                Error::unavailable("the server is shutting down")
+            } else {
+                Error::unavailable("the stream was ended through the API before its input was recognised")
+            }),
+        };
+        let complete = match input {
+            Input::Data(d) => {
+                head.extend_from_slice(&d);
+                false
+            }
+            Input::End => true,
+            Input::Timeout => {
+                return Err(Error::bad_request(
+                    "the source sent no data within --source-timeout",
+                ));
+            }
+            Input::Failed(e) => {
+                return Err(Error::bad_request(format!(
+                    "reading the upload failed: {e}"
+                )));
+            }
+        };
+        match detect::probe(&head, complete) {
+            Probe::NeedMore => continue,
+            Probe::Found(d) => break (d, complete),
+            Probe::Unsupported(m) => return Err(Error::unsupported(m)),
+        }
+    };
+    if let Some(s) = &session
+        && !s.allows_input(detected.container)
+    {
+        return Err(Error::unsupported(format!(
+            "session '{name}' may push only {}; this input is {}",
+            s.inputs.join(", "),
+            detected.container.name()
+        )));
+    }
+    tracing::info!(input = detected.container.name(), caps = %detected.caps, "source starting");
+
+    let (feeder, rx) = Feeder::new(id);
+    let feeder = Arc::new(feeder);
+    let pipeline = crate::source::pipeline::SourcePipeline::start(
+        stream.clone(),
+        id,
+        &detected,
+        app.templates.clone(),
+        cfg.pace,
+    )?;
+    stream.attach(
+        id,
+        feeder.clone(),
+        SourceInfo {
+            peer,
+            since: SystemTime::now(),
+            container: Some(detected.container.name()),
+            codecs: Vec::new(),
+        },
+    )?;
+    tokio::spawn(crate::source::run(
+        stream.clone(),
+        feeder.clone(),
+        pipeline,
+        rx,
+        detected.caps.clone(),
+        cfg.resume_grace,
+    ));
+    let end = spawn_feed(app, &stream, &feeder, Some(head.freeze()), complete, body).await;
+    if end == End::Eos {
+        // A new source's answer says whether its media made it: wait until it reached the stream or failed.
+        let mut status = feeder.status.subscribe();
+        let settled = tokio::time::timeout(
+            START_TIMEOUT,
+            status.wait_for(|s: &Status| s.started || s.failed.is_some() || s.ended.is_some()),
+        )
+        .await;
+        if let Ok(Ok(s)) = settled
+            && let Some(e) = s.failed.clone()
+        {
+            app.registry
+                .totals
+                .pipeline_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    }
+    if let Some(e) = feeder.status.borrow().failed.clone() {
+        app.registry
+            .totals
+            .pipeline_errors
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(e);
+    }
+    Ok(summary(&stream, &feeder, end, detected.container.name()))
+}
+
+/// A piece that continues the current source's input at `offset`.
+async fn continuation(
+    app: &Arc<AppState>,
+    name: &str,
+    creds: &Credentials,
+    offset: u64,
+    body: &mut Body,
+    polled: &mut bool,
+) -> Result<PushSummary> {
+    registry::validate_name(name)?;
+    authorize(app, name, creds)?;
+    let stream = app.registry.get(name).filter(|s| !s.is_ended());
+    let feeder = stream.as_ref().and_then(|s| s.feeder());
+    let (Some(stream), Some(feeder)) = (stream, feeder) else {
+        return Err(Error::new(
+            Kind::BadOffset,
+            format!(
+                "stream '{name}' has no input to continue at byte {offset}: start it with a push \
+                 without Content-Range (expected offset 0)"
+            ),
+        ));
+    };
+    feeder.continue_at(offset).map_err(|expected| {
+        Error::new(
+            Kind::BadOffset,
+            format!(
+                "stream '{name}' continues at byte {expected}, not {offset} (or another piece is being \
+                 sent)"
+            ),
+        )
+    })?;
+    *polled = true;
+    let end = spawn_feed(app, &stream, &feeder, None, false, body).await;
+    let input = stream
+        .source()
+        .and_then(|s| s.container)
+        .unwrap_or("unknown");
+    Ok(summary(&stream, &feeder, end, input))
+}
+
+/// Feeds the request's body from a task of its own, so the input is ended properly (complete, or lost) even
+/// when hyper drops this request's future: a client that closes the connection after its last byte
+/// without reading the answer (ffmpeg does) still ends its input cleanly.
+async fn spawn_feed(
+    app: &Arc<AppState>,
+    stream: &Arc<Stream>,
+    feeder: &Arc<Feeder>,
+    first: Option<Bytes>,
+    complete: bool,
+    body: &mut Body,
+) -> End {
+    let body = std::mem::replace(body, Body::empty());
+    let (app, stream, feeder) = (app.clone(), stream.clone(), feeder.clone());
+    let task = tokio::spawn(async move {
+        let mut body = body;
+        let tx = feeder.sender();
+        let end = feed(&app, &stream, &feeder, &tx, first, complete, &mut body).await;
+        feeder.release();
+        end
+    });
+    task.await.unwrap_or(End::InputError)
+}
+
+/// Sends a request's body to its source task until it ends: `Eos` when complete (the task then waits for a
+/// continuation), else how it was lost (the task then detaches the source and the stream falls back).
+async fn feed(
+    app: &Arc<AppState>,
+    stream: &Arc<Stream>,
+    feeder: &Feeder,
+    tx: &mpsc::Sender<Feed>,
+    mut first: Option<Bytes>,
+    mut complete: bool,
+    body: &mut Body,
+) -> End {
+    let timeout = app.config.source_timeout;
+    loop {
+        let data = match first.take() {
+            Some(d) => d,
+            None if complete => {
+                let _ = tx.send(Feed::Complete).await;
+                return End::Eos;
+            }
+            None => {
+                let input = tokio::select! {
+                    i = next_input(body, timeout) => i,
+                    _ = feeder.gone.cancelled() => return End::Aborted,
+                };
+                match input {
+                    Input::Data(d) => d,
+                    Input::End => {
+                        complete = true;
+                        continue;
+                    }
+                    Input::Timeout => {
+                        tracing::warn!("no data from the source for {timeout:?}: it is lost");
+                        let _ = tx.send(Feed::Lost(End::SourceTimeout)).await;
+                        return End::SourceTimeout;
+                    }
+                    Input::Failed(e) => {
+                        tracing::warn!("upload broke off: {e}");
+                        let _ = tx.send(Feed::Lost(End::InputError)).await;
+                        return End::InputError;
+                    }
+                }
+            }
+        };
+        let len = data.len();
+        let sent = tokio::select! {
+            r = tx.send(Feed::Data(data)) => r.is_ok(),
+            _ = feeder.gone.cancelled() => return End::Aborted,
+        };
+        if !sent {
+            // The source task is done (its demuxer found the end of the media, or it failed): what is left
+            // of the body is not needed.
+            return feeder.status.borrow().ended.unwrap_or(End::Eos);
+        }
+        feeder.bytes_in.fetch_add(len as u64, Ordering::AcqRel);
+        stream.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+fn summary(stream: &Stream, feeder: &Feeder, end: End, input: &'static str) -> PushSummary {
+    let end = if stream.abort.is_cancelled() {
+        End::Aborted
+    } else {
+        end
+    };
+    PushSummary {
+        stream: stream.name.clone(),
+        end,
+        mode: stream.mode(),
+        input,
+        bytes_in: feeder.bytes_in.load(Ordering::Acquire),
+        bytes_out: stream.hub.stats.bytes_published.load(Ordering::Relaxed),
+        media_duration_ms: stream.hub.media_duration().as_millis() as u64,
+        frames_dropped: stream.frames_dropped(),
+        message: None,
+    }
+}
+
+/// A new stream for `name`, with its hub and (empty) output pipeline.
+fn create_stream(
+    app: &Arc<AppState>,
+    name: &str,
+    session: Option<&Session>,
+) -> Result<Arc<Stream>> {
+    let cfg = &app.config;
+    let hub = Hub::new(
+        name,
+        HubConfig {
+            join: cfg.join,
+            max_lag: cfg.max_lag,
+            max_gop_bytes: cfg.max_gop_bytes,
+            coalesce: cfg.coalesce,
+        },
+    );
+    let rtp_targets = crate::rtp::merge_targets(
+        &cfg.rtp_targets,
+        session
+            .iter()
+            .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
+    );
+    let output = Output::new(
+        name,
+        OutputContext {
+            templates: app.templates.clone(),
+            transcodes: app.transcodes.clone(),
+            pace: cfg.pace,
+            rtp_targets,
+            muxer: cfg.muxer,
+        },
+        hub.clone(),
+    )?;
+    Ok(Stream::new(
+        name,
+        hub,
+        output,
+        StreamSettings {
+            fallback: cfg.fallback,
+            linger: cfg.linger,
+            encode: cfg.encode.clone(),
+        },
+        app.shutdown.child_token(),
+    ))
+}
+
+/// Gives a claim back if the push never became the stream's source.
+struct ReleaseOnDrop<'a>(&'a Arc<Stream>, u64);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// With the token server on, a push needs a live session for its name and, unless it is a compat session,
+/// the session's push key. Failures are 401 and logged (rate-limited) with the caller's address.
+fn authorize(app: &AppState, name: &str, creds: &Credentials) -> Result<Option<Session>> {
+    if !app.config.token_server_enabled() {
+        return Ok(None);
+    }
+    let ip = creds.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let fail = |why: &str| {
+        app.auth_failures
+            .record(ip, &format!("push to '{name}': {why}"));
+        Error::unauthorized(format!(
+            "pushing '{name}' needs a valid session token ({why})"
+        ))
+    };
+    let Some(session) = app.tokens.get(name) else {
+        return Err(fail("no such session, or it was revoked"));
+    };
+    if session.expired(time::OffsetDateTime::now_utc()) {
+        return Err(fail("the session has expired"));
+    }
+    if let Some(hash) = &session.push_key_sha256 {
+        match auth::presented_key(&creds.headers, creds.token.as_deref()) {
+            Some(k) if auth::secret_matches(k, hash) => {}
+            Some(_) => return Err(fail("wrong key")),
+            None => return Err(fail("no key: send Authorization: Bearer KEY or ?token=KEY")),
+        }
+    }
+    Ok(Some(session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_pieces() {
+        let v = |s: &str| parse_content_range(&header::HeaderValue::from_str(s).unwrap());
+        assert_eq!(v("bytes 602112-1048575/*").unwrap(), 602112);
+        assert_eq!(v("bytes 0-9/10").unwrap(), 0);
+        for bad in [
+            "bytes 5-1/*",
+            "bytes */10",
+            "items 0-1/*",
+            "bytes 0-/*",
+            "bytes 1-2",
+        ] {
+            assert!(v(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,837 @@
+//! A stream: a name, an output pipeline, a hub, and a state; it outlives its sources.
+//!
+//! ```text
+//!  source A (push) ──┐                     ┌─ on air: stamp (source time + offset) ─► output ─► hub ─► viewers
+//!  source B (resume) ┼─► Stream::stamp ────┤
+//!  slate (fallback) ─┘                     └─ off air: dropped (a replaced source stops)
+//! ```
+//!
+//! One source is *current* at a time. Its first buffer puts it on air: the offset that maps its timestamps
+//! onto the stream's is chosen so it continues where the stream is, so output time is monotonic for the
+//! stream's whole life and every viewer keeps one response with one header. When the current source is lost
+//! (connection broken, timeout, decode error) the stream switches to its fallback (`--fallback slate`) for
+//! `--linger`, and a new push takes it back; a source that ends cleanly (after `--resume-grace`) ends it.
+//!
+//! The switch happens on raw media before the stream's encoders ([`output`]), so encoders, writer and hub
+//! never restart and every source is scaled and converted to the stream's caps. A passthrough stream (its
+//! first source's tracks were written as they came) takes back only a source whose tracks are identical, at
+//! a keyframe; it has no slate (it cannot encode one in its source's codecs), so it ends when its source is
+//! lost.
+//!
+//! Lock order: `inner`, then the output's writer lock (taken by GStreamer while adding tracks); `inner` is
+//! never held across an await. Buffers are handed to the output's appsrcs under `inner`: that only queues.
+
+pub mod attach;
+pub mod output;
+pub mod pacing;
+pub mod registry;
+pub mod slate;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use gst::prelude::*;
+use gstreamer as gst;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EncodeSettings, Fallback};
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::webm::TrackKind;
+use attach::{End, Feeder};
+use output::{Output, TrackInput, TrackOut};
+use registry::{Rates, Reservation};
+
+/// After the output is complete, how long the RTP side gets to send its RTCP BYE.
+pub const RTCP_BYE_GRACE: Duration = Duration::from_millis(500);
+/// Bound on the wait for the output to drain when the stream ends (its queues hold about two seconds).
+pub const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sample rate and channels of every transcoded stream's audio (what Vorbis in WebM plays everywhere).
+pub const AUDIO_RATE: i32 = 48_000;
+pub const AUDIO_CHANNELS: i32 = 2;
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Created; no media yet.
+    Starting,
+    /// A source is on air.
+    Live,
+    /// Its source is gone: viewers see the fallback until a source returns or `--linger` runs out.
+    Fallback,
+    Ended,
+}
+
+/// How a stream's tracks are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No track yet.
+    #[default]
+    Starting,
+    /// Every track is the input's own, remuxed.
+    Passthrough,
+    /// At least one track is encoded by the stream.
+    Transcode,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Starting => "starting",
+            Mode::Passthrough => "passthrough",
+            Mode::Transcode => "transcode",
+        }
+    }
+}
+
+/// Why a source leaves its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// Its input ended cleanly and was played out: the stream ends.
+    Ended,
+    /// Its input was lost or failed: the stream falls back (or ends with `--fallback none`).
+    Lost,
+}
+
+/// What a stream does with a source's track.
+#[derive(Debug)]
+pub enum Offer {
+    /// Convert it to these raw caps.
+    Raw(gst::Caps),
+    /// Hand its encoded buffers over as they are.
+    Encoded,
+    /// Not used (an extra track, or a kind the stream does not have).
+    Discard(String),
+    /// The source cannot feed this stream.
+    Refuse(Error),
+}
+
+/// What [`Stream::stamp`] decided for one buffer.
+#[derive(Debug)]
+pub enum Stamp {
+    /// On air: the buffer in stream time.
+    Deliver(gst::Buffer, u64),
+    /// Not used (waiting for a keyframe, before the track's last buffer, no such track).
+    Skip,
+    /// The source is no longer the stream's: stop.
+    Gone,
+}
+
+/// The current source, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub peer: Option<SocketAddr>,
+    pub since: SystemTime,
+    /// The input container's name (`webm`, `mp4`...).
+    pub container: Option<&'static str>,
+    pub codecs: Vec<String>,
+}
+
+/// Fixed settings of a stream.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub fallback: Fallback,
+    pub linger: Duration,
+    pub encode: EncodeSettings,
+}
+
+/// Failover counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub failovers: AtomicU64,
+    pub resumes: AtomicU64,
+    /// Time spent on the fallback, finished periods only (see [`Stream::fallback_seconds`]).
+    fallback_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Track {
+    out: TrackOut,
+    /// Stream time of the last buffer and of its end.
+    last_pts: Option<u64>,
+    end: u64,
+}
+
+#[derive(Debug)]
+struct Current {
+    feeder: Arc<Feeder>,
+    info: SourceInfo,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tracks: Vec<Track>,
+    /// The first source is still announcing its tracks.
+    tracks_open: bool,
+    current: Option<Current>,
+    /// A push that passed the busy check and is typefinding.
+    claimed: Option<u64>,
+    /// The on-air source and its offset (stream time − source time, ns).
+    on_air: Option<(u64, i64)>,
+    fallback_since: Option<Instant>,
+    /// The last source's info, kept for the API while on the fallback.
+    last_source: Option<SourceInfo>,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    pub name: String,
+    pub hub: Arc<Hub>,
+    /// Cancelled to end the stream (API, shutdown).
+    pub abort: CancellationToken,
+    pub started_at: SystemTime,
+    /// Input bytes over all sources.
+    pub bytes_in: AtomicU64,
+    /// Refreshed every [`registry::RATE_INTERVAL`].
+    pub rates: Mutex<Rates>,
+    pub counters: Counters,
+    pub settings: StreamSettings,
+    output: Output,
+    inner: Mutex<Inner>,
+    state: watch::Sender<State>,
+    next_source: AtomicU64,
+}
+
+impl Stream {
+    pub fn new(
+        name: &str,
+        hub: Arc<Hub>,
+        output: Output,
+        settings: StreamSettings,
+        abort: CancellationToken,
+    ) -> Arc<Stream> {
+        Arc::new(Stream {
+            name: name.to_string(),
+            hub,
+            abort,
+            started_at: SystemTime::now(),
+            bytes_in: AtomicU64::new(0),
+            rates: Mutex::default(),
+            counters: Counters::default(),
+            settings,
+            output,
+            inner: Mutex::new(Inner {
+                tracks_open: true,
+                ..Inner::default()
+            }),
+            state: watch::Sender::new(State::Starting),
+            next_source: AtomicU64::new(1),
+        })
+    }
+
+    /// `inner`, even if a thread panicked while holding it (its data is counters and handles that stay
+    /// consistent at every step).
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state() == State::Ended
+    }
+
+    pub fn mode(&self) -> Mode {
+        let inner = self.inner();
+        if inner.tracks.is_empty() {
+            Mode::Starting
+        } else if inner
+            .tracks
+            .iter()
+            .any(|t| matches!(t.out.input, TrackInput::Raw(_)))
+        {
+            Mode::Transcode
+        } else {
+            Mode::Passthrough
+        }
+    }
+
+    /// The current source, or the last one while on the fallback.
+    pub fn source(&self) -> Option<SourceInfo> {
+        let inner = self.inner();
+        inner
+            .current
+            .as_ref()
+            .map(|c| c.info.clone())
+            .or_else(|| inner.last_source.clone())
+    }
+
+    /// Whether a source is attached now (the API's `source` is the current one only then).
+    pub fn has_source(&self) -> bool {
+        self.inner().current.is_some()
+    }
+
+    pub fn fallback_seconds(&self) -> f64 {
+        let open = self
+            .inner()
+            .fallback_since
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        (self.counters.fallback_ms.load(Ordering::Relaxed) as f64 / 1000.0) + open.as_secs_f64()
+    }
+
+    pub fn frames_dropped(&self) -> u64 {
+        self.output.frames_dropped()
+    }
+
+    pub fn rtp(&self) -> &crate::rtp::RtpOutput {
+        &self.output.rtp
+    }
+
+    pub fn dot(&self) -> String {
+        self.output.dot()
+    }
+
+    /// The feeder of the current source, for a continuation request.
+    pub fn feeder(&self) -> Option<Arc<Feeder>> {
+        self.inner().current.as_ref().map(|c| c.feeder.clone())
+    }
+
+    /// Lets a new push in: 409 while another push is feeding the stream (or typefinding), Ended when the
+    /// stream is over (the registry then starts a new one). Returns the new source's id.
+    pub fn claim(&self) -> Result<u64> {
+        let mut inner = self.inner();
+        if self.is_ended() {
+            return Err(Error::unavailable(format!(
+                "stream '{}' is ending",
+                self.name
+            )));
+        }
+        if inner.claimed.is_some()
+            || inner
+                .current
+                .as_ref()
+                .is_some_and(|c| c.feeder.is_receiving())
+        {
+            return Err(Error::new(
+                crate::error::Kind::Busy,
+                format!("stream '{}' is already being pushed", self.name),
+            ));
+        }
+        let id = self.next_source.fetch_add(1, Ordering::Relaxed);
+        inner.claimed = Some(id);
+        Ok(id)
+    }
+
+    /// A claimed push that never became a source (refused before typefind ended): a stream it created ends.
+    pub fn release(&self, id: u64) {
+        let mut inner = self.inner();
+        if inner.claimed == Some(id) {
+            inner.claimed = None;
+            if inner.current.is_none() && self.state() == State::Starting {
+                self.set_state(State::Ended);
+            }
+        }
+    }
+
+    /// Makes a claimed push the current source; a previous one (in its grace period, or playing out) is
+    /// detached. Its media goes on air with its first buffer.
+    pub fn attach(&self, id: u64, feeder: Arc<Feeder>, info: SourceInfo) -> Result<()> {
+        let mut inner = self.inner();
+        if inner.claimed != Some(id) || self.is_ended() {
+            return Err(Error::unavailable(format!(
+                "stream '{}' ended while the push started",
+                self.name
+            )));
+        }
+        inner.claimed = None;
+        if let Some(old) = inner.current.take() {
+            tracing::info!(stream = %self.name, "a new push replaces the source that was ending");
+            old.feeder.gone.cancel();
+        }
+        inner.on_air = None;
+        inner.current = Some(Current { feeder, info });
+        Ok(())
+    }
+
+    /// Records the input codecs a source's front found.
+    pub fn note_codecs(&self, id: u64, codecs: Vec<String>) {
+        if let Some(c) = self.inner().current.as_mut().filter(|c| c.feeder.id == id) {
+            c.info.codecs = codecs;
+        }
+    }
+
+    /// A source's front found a track of `kind` with `caps`; `passthrough` says it could be written as it is
+    /// (a VP8/VP9/Vorbis/Opus track of a WebM/Matroska input). The first source's tracks make the stream's.
+    pub fn offer_track(
+        &self,
+        id: u64,
+        kind: TrackKind,
+        caps: &gst::Caps,
+        passthrough: bool,
+    ) -> Offer {
+        let mut inner = self.inner();
+        if !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+            return Offer::Refuse(Error::unavailable("the source was replaced"));
+        }
+        if let Some(t) = inner.tracks.iter().find(|t| t.out.kind == kind) {
+            if inner.tracks_open {
+                return Offer::Discard(format!("the stream has its {kind:?} track already"));
+            }
+            return match &t.out.input {
+                TrackInput::Raw(c) => Offer::Raw(c.clone()),
+                TrackInput::Encoded(c) if passthrough && same_track(c, caps) => Offer::Encoded,
+                TrackInput::Encoded(c) => Offer::Refuse(Error::unsupported(format!(
+                    "stream '{}' passes its first source's {} through; a new source must be the same \
+                     (codec, size, codec headers), this one is {}",
+                    self.name,
+                    describe(c),
+                    describe(caps)
+                ))),
+            };
+        }
+        if !inner.tracks_open {
+            return Offer::Discard(format!("the stream has no {kind:?} track"));
+        }
+        let input = if passthrough {
+            TrackInput::Encoded(caps.clone())
+        } else {
+            TrackInput::Raw(raw_caps(kind, caps, &self.settings.encode))
+        };
+        match self.output.add_track(kind, input.clone()) {
+            Ok(out) => {
+                inner.tracks.push(Track {
+                    out,
+                    last_pts: None,
+                    end: 0,
+                });
+                match input {
+                    TrackInput::Raw(c) => Offer::Raw(c),
+                    TrackInput::Encoded(_) => Offer::Encoded,
+                }
+            }
+            Err(e) => Offer::Refuse(e),
+        }
+    }
+
+    /// The first source has announced all its tracks: the stream's are fixed.
+    pub fn tracks_complete(&self, id: u64) -> Result<()> {
+        let mut inner = self.inner();
+        if !inner.tracks_open || !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+            return Ok(());
+        }
+        inner.tracks_open = false;
+        self.output.tracks_complete()
+    }
+
+    /// Maps a source's buffer into stream time. The current source goes on air with its first usable
+    /// buffer (for a passthrough video track: its first keyframe).
+    pub fn stamp(&self, id: u64, kind: TrackKind, mut buffer: gst::Buffer) -> Stamp {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        let Some(current) = inner.current.as_ref().filter(|c| c.feeder.id == id) else {
+            return Stamp::Gone;
+        };
+        let Some(ti) = inner.tracks.iter().position(|t| t.out.kind == kind) else {
+            return Stamp::Skip;
+        };
+        let Some(pts) = buffer.pts().map(|t| t.nseconds()) else {
+            return Stamp::Skip;
+        };
+        let offset = match inner.on_air {
+            Some((on, off)) if on == id => off,
+            _ => {
+                let passthrough_video = kind == TrackKind::Video
+                    && matches!(inner.tracks[ti].out.input, TrackInput::Encoded(_));
+                // A passthrough stream takes a source back at a video keyframe (the first source starts
+                // with one anyway), and its audio from then on.
+                let resuming = self.state() != State::Starting;
+                let passthrough_audio_waits = kind != TrackKind::Video
+                    && inner.tracks.iter().any(|t| {
+                        t.out.kind == TrackKind::Video
+                            && matches!(t.out.input, TrackInput::Encoded(_))
+                    });
+                let waits_for_keyframe = resuming
+                    && ((passthrough_video
+                        && buffer.flags().contains(gst::BufferFlags::DELTA_UNIT))
+                        || passthrough_audio_waits);
+                if waits_for_keyframe {
+                    return Stamp::Skip;
+                }
+                let resume_at = inner.tracks.iter().map(|t| t.end).max().unwrap_or(0);
+                let off = resume_at as i64 - pts as i64;
+                inner.on_air = Some((id, off));
+                let feeder = current.feeder.clone();
+                self.go_on_air(inner);
+                feeder.status.send_modify(|s| s.started = true);
+                off
+            }
+        };
+        let track = &mut inner.tracks[ti];
+        let mut out = (pts as i64 + offset).max(0) as u64;
+        if let Some(last) = track.last_pts
+            && out < last
+        {
+            match track.out.input {
+                // A raw frame or audio buffer from before what the stream has already shown: drop it.
+                TrackInput::Raw(_) => return Stamp::Skip,
+                // Encoded media cannot lose a packet: it is written at the track's last time instead.
+                TrackInput::Encoded(_) => out = last,
+            }
+        }
+        let duration = buffer.duration().map_or(0, |d| d.nseconds());
+        {
+            let b = buffer.make_mut();
+            b.set_pts(gst::ClockTime::from_nseconds(out));
+            let dts = b.dts().map(|d| {
+                gst::ClockTime::from_nseconds((d.nseconds() as i64 + offset).max(0) as u64)
+            });
+            b.set_dts(dts);
+        }
+        track.last_pts = Some(out);
+        track.end = track.end.max(out + duration);
+        Stamp::Deliver(buffer, out)
+    }
+
+    /// Hands a stamped buffer to the output, if its source is still on air.
+    pub fn deliver(&self, id: u64, kind: TrackKind, buffer: gst::Buffer, pts: u64) {
+        let inner = self.inner();
+        if inner.on_air.is_none_or(|(on, _)| on != id) {
+            return;
+        }
+        if let Some(t) = inner.tracks.iter().find(|t| t.out.kind == kind) {
+            self.output.clock_in(pts);
+            t.out.push(buffer);
+        }
+    }
+
+    /// A source went on air: the stream is live, and a switch is a keyframe for every encoded track.
+    fn go_on_air(&self, inner: &mut Inner) {
+        match self.state() {
+            State::Fallback => {
+                self.counters.resumes.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = inner.fallback_since.take() {
+                    self.counters
+                        .fallback_ms
+                        .fetch_add(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                tracing::info!(stream = %self.name, "source resumed: back on air");
+                for t in &inner.tracks {
+                    t.out.force_keyframe();
+                }
+            }
+            State::Live => {
+                for t in &inner.tracks {
+                    t.out.force_keyframe();
+                }
+            }
+            State::Starting | State::Ended => {}
+        }
+        if self.state() != State::Ended {
+            self.set_state(State::Live);
+        }
+    }
+
+    /// The source `id` leaves (if it still is the stream's): the stream ends, or falls back.
+    pub fn detach(self: &Arc<Self>, id: u64, why: Detach) {
+        let mut inner = self.inner();
+        if !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+            return;
+        }
+        let current = inner.current.take().expect("checked");
+        current.feeder.gone.cancel();
+        inner.last_source = Some(current.info);
+        inner.on_air = None;
+        let state = self.state();
+        let can_fall_back = self.settings.fallback == Fallback::Slate
+            && !inner.tracks.is_empty()
+            && !inner.tracks_open
+            && inner
+                .tracks
+                .iter()
+                .all(|t| matches!(t.out.input, TrackInput::Raw(_)));
+        match (why, state) {
+            (_, State::Ended) => {}
+            (Detach::Lost, State::Live) if can_fall_back => {
+                self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                inner.fallback_since = Some(Instant::now());
+                tracing::info!(stream = %self.name, linger = ?self.settings.linger, "source lost: on the fallback");
+                for t in &inner.tracks {
+                    t.out.force_keyframe();
+                }
+                self.set_state(State::Fallback);
+                tokio::spawn(slate::run(self.clone()));
+            }
+            (Detach::Lost, State::Fallback) => {}
+            (Detach::Lost, _) => {
+                if state == State::Live && self.settings.fallback == Fallback::Slate {
+                    tracing::info!(stream = %self.name, "source lost; a passthrough stream has no slate: ending");
+                }
+                self.set_state(State::Ended);
+            }
+            (Detach::Ended, _) => self.set_state(State::Ended),
+        }
+    }
+
+    /// Ends the stream (abort, linger expired, output failure).
+    pub fn end(&self) {
+        let mut inner = self.inner();
+        if let Some(c) = inner.current.take() {
+            c.feeder.gone.cancel();
+            c.feeder.status.send_modify(|s| {
+                s.ended.get_or_insert(End::Aborted);
+            });
+            inner.last_source = Some(c.info);
+        }
+        inner.on_air = None;
+        if let Some(t) = inner.fallback_since.take() {
+            self.counters
+                .fallback_ms
+                .fetch_add(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        self.set_state(State::Ended);
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.send_if_modified(|cur| {
+            let changed = *cur != s && *cur != State::Ended;
+            if changed {
+                *cur = s;
+            }
+            changed
+        });
+    }
+
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
+    /// The raw caps of the stream's tracks (for the slate).
+    fn raw_tracks(&self) -> Vec<(TrackKind, gst::Caps)> {
+        self.inner()
+            .tracks
+            .iter()
+            .filter_map(|t| match &t.out.input {
+                TrackInput::Raw(c) => Some((t.out.kind, c.clone())),
+                TrackInput::Encoded(_) => None,
+            })
+            .collect()
+    }
+
+    /// Pushes one tick of the slate (a picture and the matching silence), stamped right after what the
+    /// stream has shown. False once the stream is no longer on its fallback.
+    fn push_slate(&self, frames: &[(TrackKind, gst::Buffer)]) -> bool {
+        let mut inner = self.inner();
+        if self.state() != State::Fallback || inner.on_air.is_some() {
+            return false;
+        }
+        let at = inner.tracks.iter().map(|t| t.end).max().unwrap_or(0);
+        for (kind, frame) in frames {
+            let Some(t) = inner.tracks.iter_mut().find(|t| t.out.kind == *kind) else {
+                continue;
+            };
+            let mut b = frame.copy();
+            let duration = frame.duration().map_or(0, |d| d.nseconds());
+            {
+                let b = b.make_mut();
+                b.set_pts(gst::ClockTime::from_nseconds(at));
+                b.set_dts(gst::ClockTime::NONE);
+            }
+            t.last_pts = Some(at);
+            t.end = at + duration;
+            self.output.clock_in(at);
+            t.out.push(b);
+        }
+        true
+    }
+
+    /// The stream's life after its first push: linger on the fallback, end on abort, drain the output and
+    /// finish every viewer's response, then free the name (the reservation).
+    pub async fn run(self: Arc<Self>, reservation: Reservation) {
+        let _reservation = reservation;
+        let _finish = FinishOnDrop(self.hub.clone());
+        tokio::spawn(registry::sample_rates(Arc::downgrade(&self)));
+        tokio::spawn(self.hub.clone().run_reaper());
+        tokio::spawn(self.hub.clone().run_coalescer());
+        let mut state = self.watch_state();
+        let mut bus = self.output.bus().stream();
+        let mut output_done = false;
+        loop {
+            let now = *state.borrow_and_update();
+            if now == State::Ended {
+                break;
+            }
+            let linger = async {
+                if now == State::Fallback {
+                    tokio::time::sleep(self.settings.linger).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = linger => {
+                    tracing::info!(stream = %self.name, "no source came back within --linger: ending");
+                    self.end();
+                }
+                _ = self.abort.cancelled() => self.end(),
+                msg = bus.next() => match output_event(msg.as_ref(), &self.name) {
+                    Some(OutputEvent::Failed) => self.end(),
+                    Some(OutputEvent::Done) => { output_done = true; self.end(); }
+                    None => {}
+                },
+            }
+        }
+        self.drain(&mut bus, output_done).await;
+        tracing::info!(stream = %self.name, "stream ended");
+    }
+
+    /// Ends the output's tracks and waits (bounded) for the writer to complete, then for RTCP BYE.
+    async fn drain(&self, bus: &mut gst::bus::BusStream, mut done: bool) {
+        let tracks: Vec<TrackOut> = std::mem::take(&mut self.inner().tracks)
+            .into_iter()
+            .map(|t| t.out)
+            .collect();
+        if tracks.is_empty() {
+            return;
+        }
+        self.output.end(&tracks);
+        let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN_TIMEOUT;
+        while !done && !self.abort.is_cancelled() {
+            tokio::select! {
+                msg = bus.next() => match output_event(msg.as_ref(), &self.name) {
+                    Some(_) => done = true,
+                    None => {}
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(stream = %self.name, "output did not drain within {OUTPUT_DRAIN_TIMEOUT:?}");
+                    break;
+                }
+                _ = self.abort.cancelled() => break,
+            }
+        }
+        // Give the RTP side a moment to send its RTCP BYE (the pipeline EOS follows it); a session that never
+        // sent anything has no BYE to send, so this is bounded rather than awaited.
+        let _ = tokio::time::timeout(RTCP_BYE_GRACE, async {
+            while let Some(m) = bus.next().await {
+                if matches!(m.view(), gst::MessageView::Eos(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+use futures_util::StreamExt;
+
+/// Output bus messages that end a stream.
+enum OutputEvent {
+    /// The writer output is complete.
+    Done,
+    Failed,
+}
+
+fn output_event(msg: Option<&gst::Message>, name: &str) -> Option<OutputEvent> {
+    let Some(msg) = msg else {
+        return Some(OutputEvent::Failed);
+    };
+    match msg.view() {
+        gst::MessageView::Error(err) => {
+            let path = err
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_default();
+            tracing::warn!(stream = name, element = %path, debug = ?err.debug(), "output pipeline error: {}", err.error());
+            Some(OutputEvent::Failed)
+        }
+        gst::MessageView::Application(a)
+            if a.structure()
+                .is_some_and(|s| s.name() == output::OUTPUT_EOS) =>
+        {
+            Some(OutputEvent::Done)
+        }
+        _ => None,
+    }
+}
+
+struct FinishOnDrop(Arc<Hub>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// The raw caps a stream encodes a track from: the first source's picture size, scaled into
+/// `--max-width`×`--max-height` (aspect kept, even sizes), and its frame rate capped to `--max-fps`; audio
+/// is always [`AUDIO_RATE`] stereo.
+pub fn raw_caps(kind: TrackKind, caps: &gst::CapsRef, enc: &EncodeSettings) -> gst::Caps {
+    if kind == TrackKind::Audio {
+        return gst::Caps::builder("audio/x-raw")
+            .field("format", "F32LE")
+            .field("layout", "interleaved")
+            .field("rate", AUDIO_RATE)
+            .field("channels", AUDIO_CHANNELS)
+            .build();
+    }
+    let s = caps.structure(0);
+    let get = |f: &str| s.and_then(|s| s.get::<i32>(f).ok()).filter(|v| *v > 0);
+    let par = s
+        .and_then(|s| s.get::<gst::Fraction>("pixel-aspect-ratio").ok())
+        .filter(|p| p.numer() > 0 && p.denom() > 0)
+        .unwrap_or_else(|| gst::Fraction::new(1, 1));
+    let (w, h) = (get("width").unwrap_or(640), get("height").unwrap_or(360));
+    let w = f64::from(w) * f64::from(par.numer()) / f64::from(par.denom());
+    let scale = 1f64
+        .min(f64::from(enc.max_width) / w)
+        .min(f64::from(enc.max_height) / f64::from(h));
+    let even = |v: f64| (((v * scale) / 2.0).round() as i32 * 2).max(16);
+    let max_fps = enc.max_fps.max(1) as i32;
+    let fps = s
+        .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(gst::Fraction::new(max_fps.min(30), 1), |f| {
+            if f64::from(f.numer()) / f64::from(f.denom()) > f64::from(max_fps) {
+                gst::Fraction::new(max_fps, 1)
+            } else {
+                f
+            }
+        });
+    gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", even(w))
+        .field("height", even(f64::from(h)))
+        .field("framerate", fps)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build()
+}
+
+/// Whether a returning source's encoded track can be spliced into a passthrough track: same codec, size
+/// and codec headers.
+fn same_track(a: &gst::CapsRef, b: &gst::CapsRef) -> bool {
+    let (Some(a), Some(b)) = (a.structure(0), b.structure(0)) else {
+        return false;
+    };
+    a.name() == b.name()
+        && [
+            "width",
+            "height",
+            "rate",
+            "channels",
+            "streamheader",
+            "codec_data",
+        ]
+        .iter()
+        .all(|f| {
+            let show = |s: &gst::StructureRef| s.value(*f).ok().map(|v| format!("{v:?}"));
+            show(a) == show(b)
+        })
+}
+
+fn describe(caps: &gst::CapsRef) -> String {
+    let Some(s) = caps.structure(0) else {
+        return "unknown".into();
+    };
+    match (s.get::<i32>("width"), s.get::<i32>("height")) {
+        (Ok(w), Ok(h)) => format!("{} {w}x{h}", s.name()),
+        _ => s.name().to_string(),
+    }
+}

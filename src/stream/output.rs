@@ -1,0 +1,453 @@
+//! A stream's own pipeline: one appsrc per track, fed by whichever source is on air (or the slate), then the
+//! encoder (or nothing, for a passthrough track), a tee for RTP, and the WebM writer. It is built once per
+//! stream and lives as long as the stream, so viewers never see a second header.
+//!
+//! ```text
+//!  appsrc video (raw I420, fixed size/rate) ─ video-encode ─ tee ─ appsink ─┐
+//!  appsrc audio (raw F32 48 kHz stereo)     ─ audio-encode ─ tee ─ appsink ─┴─ WebmWriter ─► hub
+//!      (or the source's VP8/VP9/Vorbis/Opus as it is: *-passthrough)   └─ RTP
+//! ```
+//!
+//! With `--muxer webmmux` the tees feed `webmmux` (the `mux.pipeline` template) and one appsink instead.
+//! Timestamps come from the stream ([`super::Stream`]), monotonic for its whole life.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Muxer;
+use crate::error::{Error, Result};
+use crate::hub::{Hub, Publisher};
+use crate::rtp::RtpOutput;
+use crate::stream::pacing::{MAX_ENCODE_LATENESS, Pacer};
+use crate::templates::{Part, Templates};
+use crate::webm::TrackKind;
+use crate::writer::WebmWriter;
+
+/// Application message the appsink posts when the muxer output is complete.
+pub const OUTPUT_EOS: &str = "transcast-output-eos";
+/// Media a track's appsrc may queue before it drops (a source or slate faster than the encoder): the encode
+/// templates' own queues hold a second more.
+const APPSRC_MAX_TIME: Duration = Duration::from_secs(1);
+/// Dropped-frame warnings are logged at most this often per stream.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a track's appsrc takes.
+#[derive(Debug, Clone)]
+pub enum TrackInput {
+    /// Raw media in these fixed caps, encoded by the stream.
+    Raw(gst::Caps),
+    /// Encoded media in these caps, written as it is (passthrough).
+    Encoded(gst::Caps),
+}
+
+impl TrackInput {
+    pub fn caps(&self) -> &gst::Caps {
+        match self {
+            TrackInput::Raw(c) | TrackInput::Encoded(c) => c,
+        }
+    }
+}
+
+/// One track of the output.
+#[derive(Debug)]
+pub struct TrackOut {
+    pub kind: TrackKind,
+    pub input: TrackInput,
+    appsrc: gst_app::AppSrc,
+    encoder: Option<gst::Element>,
+}
+
+impl TrackOut {
+    /// Hands a buffer (already stamped with stream time) to the track; never blocks.
+    pub fn push(&self, buffer: gst::Buffer) {
+        let _ = self.appsrc.push_buffer(buffer);
+    }
+
+    /// Asks the encoder for a keyframe now, so a switch is also a join point.
+    pub fn force_keyframe(&self) {
+        if let Some(pad) = self.encoder.as_ref().and_then(|e| e.static_pad("src")) {
+            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
+            pad.send_event(ev);
+        }
+    }
+}
+
+/// Where the tracks are written into WebM.
+#[derive(Debug)]
+enum Sink {
+    Mux(gst::Element),
+    Direct(Arc<Mutex<WebmWriter>>),
+}
+
+/// A stream's output pipeline; set to NULL on drop.
+#[derive(Debug)]
+pub struct Output {
+    name: String,
+    pipeline: gst::Pipeline,
+    templates: Arc<Templates>,
+    sink: Sink,
+    pub rtp: RtpOutput,
+    /// A transcode slot, taken with the first encoding track.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    transcodes: Arc<Semaphore>,
+    /// Stream time ↔ wall clock, to tell how late a frame reaches its encoder.
+    clock: Arc<Pacer>,
+    drops: Arc<Drops>,
+}
+
+/// Frames the encoder side dropped, and when that was last logged.
+#[derive(Debug, Default)]
+struct Drops {
+    count: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl Drops {
+    /// Counts a drop; returns the total when it is time to log again.
+    fn note(&self, now: Instant) -> Option<u64> {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_log.lock().ok()?;
+        if last.is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL) {
+            return None;
+        }
+        *last = Some(now);
+        Some(n)
+    }
+}
+
+/// What the output needs beyond the hub.
+#[derive(Debug, Clone)]
+pub struct OutputContext {
+    pub templates: Arc<Templates>,
+    pub transcodes: Arc<Semaphore>,
+    pub pace: bool,
+    /// RTP/UDP targets the stream starts with (already checked against `--rtp-allow`).
+    pub rtp_targets: Vec<std::net::SocketAddr>,
+    pub muxer: Muxer,
+}
+
+/// Tells the stream the HTTP output is complete, so its end never waits for the RTP side's RTCP.
+fn post_output_eos(el: &gst::Element) {
+    let s = gst::Structure::new_empty(OUTPUT_EOS);
+    let _ = el.post_message(gst::message::Application::builder(s).src(el).build());
+}
+
+/// Turns a writer error on a streaming thread into a pipeline error (the stream's task ends the stream).
+fn writer_error(sink: &gst_app::AppSink, e: impl std::fmt::Display) -> gst::FlowError {
+    gst::element_error!(sink, gst::StreamError::Format, ("writing WebM: {e}"));
+    gst::FlowError::Error
+}
+
+impl Output {
+    /// An empty, playing pipeline writing into `hub`; tracks are added with [`Output::add_track`].
+    pub fn new(name: &str, ctx: OutputContext, hub: Arc<Hub>) -> Result<Output> {
+        let pipeline = gst::Pipeline::with_name(&format!("stream-{name}"));
+        let rtp = RtpOutput::new(&pipeline, ctx.rtp_targets.clone())?;
+        let sink = match ctx.muxer {
+            Muxer::Webmmux => Sink::Mux(mux_to_hub(&pipeline, &ctx.templates, hub)?),
+            Muxer::Direct => {
+                Sink::Direct(Arc::new(Mutex::new(WebmWriter::new(Publisher::new(hub)))))
+            }
+        };
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(Error::pipeline("the stream's pipeline did not start"));
+        }
+        Ok(Output {
+            name: name.to_string(),
+            pipeline,
+            templates: ctx.templates,
+            sink,
+            rtp,
+            permit: Mutex::default(),
+            transcodes: ctx.transcodes,
+            clock: Arc::new(Pacer::new(ctx.pace)),
+            drops: Arc::default(),
+        })
+    }
+
+    pub fn bus(&self) -> gst::Bus {
+        self.pipeline.bus().expect("a pipeline has a bus")
+    }
+
+    /// The running pipeline as a DOT graph.
+    pub fn dot(&self) -> String {
+        self.pipeline
+            .debug_to_dot_data(gst::DebugGraphDetails::all())
+            .to_string()
+    }
+
+    /// Whether any track is encoded by the stream.
+    pub fn transcodes(&self) -> bool {
+        self.permit.lock().is_ok_and(|p| p.is_some())
+    }
+
+    /// Notes a buffer's stream time against the wall clock as it enters (re-anchoring after a stall), so the
+    /// encoder side can tell how late it is.
+    pub fn clock_in(&self, pts_ns: u64) {
+        self.clock.deadline(pts_ns, Instant::now());
+    }
+
+    /// Adds a track: appsrc ─ encoder or passthrough ─ tee ─ writer (and RTP). Called before any of the
+    /// stream's media is written (the header lists every track).
+    pub fn add_track(&self, kind: TrackKind, input: TrackInput) -> Result<TrackOut> {
+        let video = kind == TrackKind::Video;
+        let raw = matches!(input, TrackInput::Raw(_));
+        if raw {
+            let mut permit = self
+                .permit
+                .lock()
+                .map_err(|_| Error::internal("permit lock poisoned"))?;
+            if permit.is_none() {
+                *permit = Some(self.transcodes.clone().try_acquire_owned().map_err(|_| {
+                    Error::unavailable("the transcode limit (--max-transcodes) is reached")
+                })?);
+            }
+        }
+        let part = match (video, raw) {
+            (true, false) => Part::VideoPassthrough,
+            (false, false) => Part::AudioPassthrough,
+            (true, true) => Part::VideoEncode,
+            (false, true) => Part::AudioEncode,
+        };
+        let appsrc = gst_app::AppSrc::builder()
+            .caps(input.caps())
+            .format(gst::Format::Time)
+            .stream_type(gst_app::AppStreamType::Stream)
+            .max_time(gst::ClockTime::from_nseconds(
+                APPSRC_MAX_TIME.as_nanos() as u64
+            ))
+            .max_bytes(0)
+            .max_buffers(0)
+            .block(false)
+            .build();
+        // Past its bound the appsrc drops what comes (the newest), so a slow encoder sheds input.
+        appsrc.set_property_from_str("leaky-type", "upstream");
+        let branch = self.templates.bin(part)?;
+        let tee = gst::ElementFactory::make("tee")
+            .property("allow-not-linked", true)
+            .build()?;
+        self.pipeline
+            .add_many([appsrc.upcast_ref(), branch.upcast_ref(), &tee])?;
+        let (out_pad, track_sink) = self.output_pad(video)?;
+        appsrc.link(&branch)?;
+        let branch_src = branch.static_pad("src").expect("checked at load");
+        branch_src
+            .link(&tee.static_pad("sink").expect("tee has a sink"))
+            .map_err(|e| Error::pipeline(format!("linking {part:?} to its tee: {e:?}")))?;
+        tee.request_pad_simple("src_%u")
+            .ok_or_else(|| Error::pipeline("tee refused a pad"))?
+            .link(&out_pad)
+            .map_err(|e| Error::pipeline(format!("linking {part:?} to the writer: {e:?}")))?;
+        let encoder = raw.then(|| find_encoder(&branch)).flatten();
+        if let Some(enc) = encoder.as_ref().filter(|_| video) {
+            self.install_encoder_drop(enc);
+        }
+        if let Some(sink) = &track_sink {
+            sink.sync_state_with_parent()?;
+        }
+        tee.sync_state_with_parent()?;
+        branch.sync_state_with_parent()?;
+        appsrc.sync_state_with_parent()?;
+        let out_codec = match &input {
+            TrackInput::Encoded(c) => caps_name(c),
+            TrackInput::Raw(_) => caps_name(&branch_src.query_caps(None)),
+        };
+        match self
+            .rtp
+            .attach(&self.pipeline, &self.templates, &tee, &out_codec)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(stream = %self.name, codec = %out_codec, "no RTP payloader for this codec")
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.name, "RTP output for {out_codec} not available: {}", e.message)
+            }
+        }
+        tracing::info!(stream = %self.name, branch = part.file_name(), caps = %input.caps(), "output track added");
+        Ok(TrackOut {
+            kind,
+            input,
+            appsrc,
+            encoder,
+        })
+    }
+
+    /// Every track is added: the header can go out once each has shown its caps.
+    pub fn tracks_complete(&self) -> Result<()> {
+        if let Sink::Direct(w) = &self.sink {
+            w.lock()
+                .map_err(|_| Error::internal("writer lock poisoned"))?
+                .tracks_complete()
+                .map_err(|e| Error::pipeline(format!("writing WebM: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Ends every track: the writer completes and posts [`OUTPUT_EOS`].
+    pub fn end(&self, tracks: &[TrackOut]) {
+        for t in tracks {
+            let _ = t.appsrc.end_of_stream();
+        }
+    }
+
+    /// The pad a track's encoded stream goes to: a muxer request pad, or a new per-track appsink feeding the
+    /// writer (returned too, so its state can be synced once linked).
+    fn output_pad(&self, video: bool) -> Result<(gst::Pad, Option<gst::Element>)> {
+        match &self.sink {
+            Sink::Mux(mux) => {
+                let pad = mux
+                    .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
+                    .ok_or_else(|| {
+                        Error::pipeline("the muxer refused a new track (data already started?)")
+                    })?;
+                Ok((pad, None))
+            }
+            Sink::Direct(writer) => {
+                let kind = if video {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
+                let track = writer
+                    .lock()
+                    .map_err(|_| Error::internal("writer lock poisoned"))?
+                    .add_track(kind);
+                let sink = gst_app::AppSink::builder().sync(false).build();
+                sink.set_property("enable-last-sample", false);
+                let (w, w2) = (writer.clone(), writer.clone());
+                sink.set_callbacks(
+                    gst_app::AppSinkCallbacks::builder()
+                        .new_sample(move |sink| {
+                            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                            let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                            let mut w =
+                                w.lock().map_err(|_| writer_error(sink, "lock poisoned"))?;
+                            w.push(track, sample.caps(), buffer)
+                                .map_err(|e| writer_error(sink, e))?;
+                            Ok(gst::FlowSuccess::Ok)
+                        })
+                        .eos(move |sink| {
+                            let Ok(mut w) = w2.lock() else { return };
+                            match w.end_track(track) {
+                                Ok(true) => post_output_eos(sink.upcast_ref()),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    let _ = writer_error(sink, e);
+                                }
+                            }
+                        })
+                        .build(),
+                );
+                self.pipeline.add(&sink)?;
+                Ok((
+                    sink.static_pad("sink").expect("appsink has a sink"),
+                    Some(sink.upcast()),
+                ))
+            }
+        }
+    }
+
+    /// Drops frames reaching the encoder later than [`MAX_ENCODE_LATENESS`]: a transcode that cannot keep
+    /// real time sheds frames instead of falling further behind.
+    fn install_encoder_drop(&self, encoder: &gst::Element) {
+        if !self.clock.enabled() {
+            return;
+        }
+        let Some(pad) = encoder.static_pad("sink") else {
+            return;
+        };
+        let clock = self.clock.clone();
+        let name = self.name.clone();
+        let drops = self.drops.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(rt) = info.buffer().and_then(|b| running_time(pad, b)) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let now = Instant::now();
+            let late = clock.lateness(rt, now);
+            if late <= MAX_ENCODE_LATENESS {
+                return gst::PadProbeReturn::Ok;
+            }
+            if let Some(n) = drops.note(now) {
+                tracing::warn!(stream = %name, late_ms = late.as_millis() as u64, dropped_total = n,
+                    "transcode cannot keep real time: dropping late frames");
+            }
+            // `Handled`, not `Drop`: gstreamer-rs has already taken the buffer out of the probe info (and frees
+            // it here), and GStreamer 1.22 unrefs the info's data on `Drop`, which then is NULL: a CRITICAL per
+            // frame.
+            gst::PadProbeReturn::Handled
+        });
+    }
+
+    pub fn frames_dropped(&self) -> u64 {
+        self.drops.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// `mux.pipeline` → appsink → hub.
+fn mux_to_hub(
+    pipeline: &gst::Pipeline,
+    templates: &Templates,
+    hub: Arc<Hub>,
+) -> Result<gst::Element> {
+    let mux = templates.element(Part::Mux)?;
+    let sink = gst_app::AppSink::builder().name("sink").sync(false).build();
+    sink.set_property("enable-last-sample", false);
+    pipeline.add_many([&mux, sink.upcast_ref()])?;
+    mux.link(&sink)?;
+    let publisher = Mutex::new(Publisher::new(hub));
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let mut p = publisher
+                    .lock()
+                    .map_err(|_| writer_error(sink, "lock poisoned"))?;
+                p.push(&map).map_err(|e| writer_error(sink, e))?;
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(|sink| post_output_eos(sink.upcast_ref()))
+            .build(),
+    );
+    Ok(mux)
+}
+
+fn find_encoder(branch: &gst::Bin) -> Option<gst::Element> {
+    branch.iterate_recurse().into_iter().flatten().find(|e| {
+        e.factory().is_some_and(|f| {
+            f.metadata(gst::ELEMENT_METADATA_KLASS)
+                .is_some_and(|k| k.contains("Encoder"))
+        })
+    })
+}
+
+pub fn caps_name(caps: &gst::CapsRef) -> String {
+    caps.structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default()
+}
+
+pub fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<u64> {
+    let pts = buffer.pts().or(buffer.dts())?;
+    let seg = pad.sticky_event::<gst::event::Segment>(0)?;
+    let seg = seg.segment().downcast_ref::<gst::ClockTime>()?.clone();
+    seg.to_running_time(pts).map(|t| t.nseconds())
+}
