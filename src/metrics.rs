@@ -28,6 +28,7 @@ pub struct Totals {
     pub frames_dropped: AtomicU64,
     pub failovers: AtomicU64,
     pub resumes: AtomicU64,
+    pub continuations: AtomicU64,
     pub fallback_ms: AtomicU64,
 }
 
@@ -43,6 +44,7 @@ pub struct TotalsSnapshot {
     pub frames_dropped: u64,
     pub failovers: u64,
     pub resumes: u64,
+    pub continuations: u64,
     pub fallback_seconds: f64,
 }
 
@@ -58,6 +60,7 @@ impl Totals {
             frames_dropped: self.frames_dropped.load(Relaxed),
             failovers: self.failovers.load(Relaxed),
             resumes: self.resumes.load(Relaxed),
+            continuations: self.continuations.load(Relaxed),
             fallback_seconds: self.fallback_ms.load(Relaxed) as f64 / 1000.0,
         }
     }
@@ -97,6 +100,7 @@ impl Collector for StateCollector {
             t.frames_dropped += e.frames_dropped();
             t.failovers += e.counters.failovers.load(Relaxed);
             t.resumes += e.counters.resumes.load(Relaxed);
+            t.continuations += e.counters.continuations.load(Relaxed);
             t.fallback_seconds += e.fallback_seconds();
             if mode == Mode::Transcode
                 && let Some(rt) = e.rates.lock().unwrap().realtime_factor
@@ -158,6 +162,12 @@ impl Collector for StateCollector {
             "transcast_resumes",
             "Times a stream on its fallback took a returning source back",
             t.resumes,
+        )?;
+        counter(
+            &mut enc,
+            "transcast_continuations",
+            "Pushes that continued a source's input with Content-Range (souphttpclientsink's pieces)",
+            t.continuations,
         )?;
         let c = ConstCounter::new(t.fallback_seconds);
         let m = enc.encode_descriptor(

@@ -273,7 +273,7 @@ async fn streams_api_reports_details_graph_and_aborts() {
         .unwrap();
     assert_eq!(pushed.json["end"], "aborted");
     feeder.abort();
-    assert!(server.state.registry.is_empty());
+    server.wait_gone("cam").await;
     let (st, e) = api
         .call(
             Method::GET,

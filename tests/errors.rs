@@ -287,7 +287,9 @@ async fn transcode_limit_answers_503_and_passthrough_still_works() {
 
     drop(tx);
     held.await.unwrap();
-    // The slot is free again.
+    // The slot is free again once that stream has ended (its push is answered when its body is taken; the
+    // stream then plays out and waits --resume-grace).
+    server.wait_gone("t1").await;
     let r = push(&server.url("t4"), media(Media::MpegTs), true).await;
     assert_eq!(r.status, 200, "{}", r.json);
 }

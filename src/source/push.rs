@@ -343,6 +343,10 @@ async fn continuation(
         )
     })?;
     *polled = true;
+    stream
+        .counters
+        .continuations
+        .fetch_add(1, Ordering::Relaxed);
     let end = spawn_feed(app, &stream, &feeder, None, false, body).await;
     let input = stream
         .source()

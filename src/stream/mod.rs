@@ -146,6 +146,8 @@ pub struct StreamSettings {
 pub struct Counters {
     pub failovers: AtomicU64,
     pub resumes: AtomicU64,
+    /// Pushes that continued a source's input (`Content-Range`).
+    pub continuations: AtomicU64,
     /// Time spent on the fallback, finished periods only (see [`Stream::fallback_seconds`]).
     fallback_ms: AtomicU64,
 }
@@ -490,16 +492,31 @@ impl Stream {
         Stamp::Deliver(buffer, out)
     }
 
-    /// Hands a stamped buffer to the output, if its source is still on air.
+    /// Hands a stamped buffer to the output, if its source is still on air. Called on the source's streaming
+    /// thread, which it holds (outside the lock) while the output is backed up.
     pub fn deliver(&self, id: u64, kind: TrackKind, buffer: gst::Buffer, pts: u64) {
-        let inner = self.inner();
-        if inner.on_air.is_none_or(|(on, _)| on != id) {
+        let Some(input) = self.on_air_track(id, kind) else {
+            return;
+        };
+        if !input.wait_room(|| self.on_air_track(id, kind).is_some()) {
             return;
         }
-        if let Some(t) = inner.tracks.iter().find(|t| t.out.kind == kind) {
+        if self.on_air_track(id, kind).is_some() {
             self.output.clock_in(pts);
-            t.out.push(buffer);
+            input.push(buffer);
         }
+    }
+
+    fn on_air_track(&self, id: u64, kind: TrackKind) -> Option<output::TrackInputHandle> {
+        let inner = self.inner();
+        if inner.on_air.is_none_or(|(on, _)| on != id) {
+            return None;
+        }
+        inner
+            .tracks
+            .iter()
+            .find(|t| t.out.kind == kind)
+            .map(|t| t.out.input())
     }
 
     /// A source went on air: the stream is live, and a switch is a keyframe for every encoded track.
@@ -645,8 +662,10 @@ impl Stream {
     /// The stream's life after its first push: linger on the fallback, end on abort, drain the output and
     /// finish every viewer's response, then free the name (the reservation).
     pub async fn run(self: Arc<Self>, reservation: Reservation) {
-        let _reservation = reservation;
+        // Dropped in reverse: the name is freed (and the totals folded in) just before every viewer's
+        // response ends, so whoever sees a response end sees the name free.
         let _finish = FinishOnDrop(self.hub.clone());
+        let _reservation = reservation;
         tokio::spawn(registry::sample_rates(Arc::downgrade(&self)));
         tokio::spawn(self.hub.clone().run_reaper());
         tokio::spawn(self.hub.clone().run_coalescer());

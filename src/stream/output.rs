@@ -31,9 +31,14 @@ use crate::writer::WebmWriter;
 
 /// Application message the appsink posts when the muxer output is complete.
 pub const OUTPUT_EOS: &str = "transcast-output-eos";
-/// Media a track's appsrc may queue before it drops (a source or slate faster than the encoder): the encode
-/// templates' own queues hold a second more.
-const APPSRC_MAX_TIME: Duration = Duration::from_secs(1);
+/// Media a track's appsrc may queue before a source's thread is held back ([`TrackOut::wait_room`]): with
+/// the encode templates' own one-second queues, a frame that waited this long reaches its encoder late
+/// enough to be dropped there first.
+const APPSRC_BACKLOG: Duration = Duration::from_secs(1);
+/// ... and past this it drops what comes (only the slate is not held back; it never runs ahead).
+const APPSRC_MAX_TIME: Duration = Duration::from_secs(2);
+/// How often a held source looks again for room.
+const ROOM_POLL: Duration = Duration::from_millis(5);
 /// Dropped-frame warnings are logged at most this often per stream.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -69,6 +74,11 @@ impl TrackOut {
         let _ = self.appsrc.push_buffer(buffer);
     }
 
+    /// A handle to push from outside the stream's lock.
+    pub fn input(&self) -> TrackInputHandle {
+        TrackInputHandle(self.appsrc.clone())
+    }
+
     /// Asks the encoder for a keyframe now, so a switch is also a join point.
     pub fn force_keyframe(&self) {
         if let Some(pad) = self.encoder.as_ref().and_then(|e| e.static_pad("src")) {
@@ -77,6 +87,30 @@ impl TrackOut {
                 .build();
             pad.send_event(ev);
         }
+    }
+}
+
+/// A track's appsrc, for a source's streaming thread.
+#[derive(Debug, Clone)]
+pub struct TrackInputHandle(gst_app::AppSrc);
+
+impl TrackInputHandle {
+    /// Holds the calling (source) thread while the track has [`APPSRC_BACKLOG`] queued: a source faster
+    /// than the stream's encoder (unpaced input) is slowed down instead of losing media. Returns false as
+    /// soon as `still_wanted` says the source is off air.
+    pub fn wait_room(&self, still_wanted: impl Fn() -> bool) -> bool {
+        let backlog = gst::ClockTime::from_nseconds(APPSRC_BACKLOG.as_nanos() as u64);
+        while self.0.current_level_time() >= backlog {
+            if !still_wanted() {
+                return false;
+            }
+            std::thread::sleep(ROOM_POLL);
+        }
+        true
+    }
+
+    pub fn push(&self, buffer: gst::Buffer) {
+        let _ = self.0.push_buffer(buffer);
     }
 }
 

@@ -100,7 +100,7 @@ impl Registry {
         name: &str,
         create: impl FnOnce() -> Result<Arc<Stream>>,
     ) -> Result<(Arc<Stream>, Option<Reservation>)> {
-        if let Some(s) = self.get(name).filter(|s| !s.is_ended()) {
+        if let Some(s) = self.get(name) {
             return Ok((s, None));
         }
         self.check_room(name)?;
@@ -140,12 +140,26 @@ impl Registry {
         ))
     }
 
+    /// The stream named `name`, unless it has ended (it may still be draining its output).
     pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
-        self.streams.lock().unwrap().get(name).cloned()
+        self.streams
+            .lock()
+            .unwrap()
+            .get(name)
+            .filter(|s| !s.is_ended())
+            .cloned()
     }
 
+    /// Streams that have not ended, by name.
     pub fn list(&self) -> Vec<Arc<Stream>> {
-        let mut v: Vec<_> = self.streams.lock().unwrap().values().cloned().collect();
+        let mut v: Vec<_> = self
+            .streams
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| !s.is_ended())
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -155,6 +169,11 @@ impl Registry {
     pub fn snapshot(&self) -> (Vec<Arc<Stream>>, crate::metrics::TotalsSnapshot) {
         let streams = self.streams.lock().unwrap();
         (streams.values().cloned().collect(), self.totals.snapshot())
+    }
+
+    /// Whether `name` is held, by a live stream or one still draining its output.
+    pub fn contains(&self, name: &str) -> bool {
+        self.streams.lock().unwrap().contains_key(name)
     }
 
     pub fn len(&self) -> usize {
@@ -195,6 +214,10 @@ impl Drop for Reservation {
         );
         t.resumes.fetch_add(
             e.counters.resumes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.continuations.fetch_add(
+            e.counters.continuations.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
         t.fallback_ms

@@ -78,6 +78,19 @@ impl Server {
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/live/{name}", self.addr)
     }
+
+    /// Waits (up to 10 s) until a stream has left the registry (ending streams included): a push is
+    /// answered when its body is taken, and its stream ends after playing out and --resume-grace.
+    pub async fn wait_gone(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.state.registry.contains(name) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stream {name} did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Server {

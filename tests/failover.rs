@@ -1,0 +1,356 @@
+//! Streams outlive their sources: a viewer keeps one response (one header, timestamps that never go back)
+//! while its source is killed and pushed again, a stream on its fallback shows the slate until `--linger`
+//! runs out, and souphttpclientsink's series of `Content-Range` PUTs makes one continuous stream.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use transcast::config::Fallback;
+
+/// Video frame times and decode errors of a capture, as ffprobe and ffmpeg see them.
+struct Probed {
+    video_pts: Vec<f64>,
+    audio_frames: usize,
+    decode_errors: String,
+}
+
+fn probe(data: &[u8]) -> Probed {
+    let file = tempdir().join(format!("capture-{:x}.webm", rand_u64()));
+    std::fs::write(&file, data).unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "frame=media_type,pts_time"])
+        .args(["-of", "csv=p=0"])
+        .arg(&file)
+        .output()
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut video_pts = Vec::new();
+    let mut audio_frames = 0;
+    for line in text.lines() {
+        let mut f = line.split(',');
+        match (f.next(), f.next()) {
+            (Some("video"), Some(t)) => video_pts.push(t.parse().unwrap()),
+            (Some("audio"), Some(_)) => audio_frames += 1,
+            _ => {}
+        }
+    }
+    let dec = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let _ = std::fs::remove_file(&file);
+    Probed {
+        video_pts,
+        audio_frames,
+        decode_errors: String::from_utf8_lossy(&dec.stderr).into_owned(),
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn ebml_headers(data: &[u8]) -> usize {
+    data.windows(4).filter(|w| *w == EBML_MAGIC).count()
+}
+
+/// Reads a response to its end (or until `limit`), returning what came and whether it ended cleanly.
+async fn capture(resp: reqwest::Response, limit: Duration) -> (Vec<u8>, bool) {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(b))) => out.extend_from_slice(&b),
+            Ok(Some(Err(_))) => return (out, false),
+            Ok(None) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+async fn stream_json(server: &Server, name: &str) -> serde_json::Value {
+    client()
+        .get(format!("http://{}/api/v1/streams/{name}", server.addr))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap_or_default())
+        .unwrap()
+}
+
+/// Waits (up to `within`) until the stream's API state is `state`.
+async fn wait_state(
+    server: &Server,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = stream_json(server, name).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became {state}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ffmpeg_push(file: &std::path::Path, url: &str, seconds: Option<u32>) -> std::process::Child {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-re", "-i"]).arg(file);
+    if let Some(s) = seconds {
+        cmd.args(["-t", &s.to_string()]);
+    }
+    // ffmpeg's default for http:// is a chunked POST, what OBS's custom FFmpeg output sends.
+    cmd.args(["-c", "copy", "-f", "mpegts", url])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_ffmpeg_source_falls_back_and_resumes_in_one_response() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = Fallback::Slate;
+        a.resume_grace = 1.0;
+    })
+    .await;
+    let url = server.url("cam1");
+    let clip = tempdir().join("failover-cam1.ts");
+    std::fs::write(&clip, long_clip("ts")).unwrap();
+
+    let mut first = ffmpeg_push(&clip, &url, None);
+    let viewer = open_watch(&url).await;
+    let watching = tokio::spawn(capture(viewer, Duration::from_secs(60)));
+    wait_state(&server, "cam1", "live", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.kill().unwrap(); // SIGKILL: the uplink drops mid-body
+    let _ = first.wait();
+
+    let on_slate = wait_state(&server, "cam1", "fallback", Duration::from_secs(2)).await;
+    assert_eq!(on_slate["failovers"], 1, "{on_slate}");
+    assert!(on_slate["source"].is_null(), "{on_slate}");
+    // A viewer that joins during the fallback starts with a header and a keyframe, and plays the slate.
+    let joiner = tokio::spawn(capture(open_watch(&url).await, Duration::from_millis(2500)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let second = tokio::task::spawn_blocking({
+        let clip = clip.clone();
+        let url = url.clone();
+        move || ffmpeg_push(&clip, &url, Some(3)).wait().unwrap()
+    });
+    let back = wait_state(&server, "cam1", "live", Duration::from_secs(5)).await;
+    assert_eq!(back["resumes"], 1, "{back}");
+    assert!(back["source"]["peer"].is_string(), "{back}");
+    assert!(second.await.unwrap().success());
+
+    let (body, clean) = watching.await.unwrap();
+    assert!(clean, "the stream's end ends the viewer's response cleanly");
+    assert_eq!(ebml_headers(&body), 1, "one response, one header");
+    let p = probe(&body);
+    assert!(p.decode_errors.trim().is_empty(), "{}", p.decode_errors);
+    assert!(
+        p.video_pts.windows(2).all(|w| w[1] > w[0]),
+        "video timestamps strictly increase"
+    );
+    let span = p.video_pts.last().unwrap() - p.video_pts[0];
+    // 5 s of source, 4 s of slate, 3 s of source again.
+    assert!(span > 10.5, "pictures for the whole time: {span:.2} s");
+    let fps = p.video_pts.len() as f64 / span;
+    assert!((25.0..=31.0).contains(&fps), "{fps:.1} fps");
+    let max_gap = p
+        .video_pts
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max);
+    assert!(max_gap < 0.2, "largest gap between pictures {max_gap:.3} s");
+    assert!(p.audio_frames > 0, "audio carried on");
+
+    let (joined, _) = joiner.await.unwrap();
+    assert!(joined.starts_with(&EBML_MAGIC));
+    let d = decode(&joined);
+    assert!(d.video_frames >= 30, "the joiner saw the slate: {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_ends_every_viewer_cleanly_when_linger_runs_out() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = Fallback::Slate;
+        a.linger = 1.5;
+    })
+    .await;
+    let url = server.url("gone");
+    let data = media(Media::MpegTs);
+    let (tx, push) = push_stream(&url, Some(data.len()));
+    let viewer = tokio::spawn(async move {
+        let resp = open_watch(&url).await;
+        capture(resp, Duration::from_secs(30)).await
+    });
+    // Two thirds of the clip, then the source vanishes without finishing its Content-Length body.
+    for c in chunk(&data, 16 << 10)
+        .into_iter()
+        .take(data.len() * 2 / 3 / (16 << 10))
+    {
+        tx.send(c).await.unwrap();
+    }
+    wait_state(&server, "gone", "live", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(tx);
+    let pushed = push.await.unwrap();
+    assert_eq!(pushed.json["end"], "input_error", "{}", pushed.json);
+    wait_state(&server, "gone", "fallback", Duration::from_secs(3)).await;
+    let (body, clean) = viewer.await.unwrap();
+    assert!(clean, "linger expiry ends the response cleanly");
+    assert_eq!(ebml_headers(&body), 1);
+    let d = decode(&body);
+    assert!(d.video_pts_monotonic && d.audio_pts_monotonic, "{d:?}");
+    // At most two seconds of source went out, then 1.5 s of slate.
+    assert!(d.video_frames >= 60, "{d:?}");
+    server.wait_gone("gone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_none_ends_the_stream_with_its_source() {
+    let server = Server::start(|a| a.fallback = Fallback::None).await;
+    let url = server.url("plain");
+    let data = media(Media::MpegTs);
+    let (tx, push) = push_stream(&url, Some(data.len()));
+    let viewer = tokio::spawn(async move {
+        let resp = open_watch(&url).await;
+        capture(resp, Duration::from_secs(30)).await
+    });
+    for c in chunk(&data, 16 << 10).into_iter().take(4) {
+        tx.send(c).await.unwrap();
+    }
+    wait_state(&server, "plain", "live", Duration::from_secs(10)).await;
+    drop(tx);
+    assert_eq!(push.await.unwrap().json["end"], "input_error");
+    let (body, clean) = viewer.await.unwrap();
+    assert!(clean);
+    assert!(decode(&body).video_frames > 0);
+    server.wait_gone("plain").await;
+}
+
+/// souphttpclientsink sends a stream as fixed-length PUTs, the later ones with `Content-Range`: they make
+/// one continuous input, decoded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn souphttpclientsink_pieces_make_one_stream() {
+    let server = Server::start(|a| a.resume_grace = 2.0).await;
+    let mut pushes = Vec::new();
+    for (name, kind) in [("soup-webm", "webm"), ("soup-ts", "ts")] {
+        let clip = tempdir().join(format!("soup-{kind}"));
+        std::fs::write(&clip, long_clip(kind)).unwrap();
+        let url = server.url(name);
+        let viewer = tokio::spawn({
+            let url = url.clone();
+            async move { capture(open_watch(&url).await, Duration::from_secs(60)).await }
+        });
+        let gst = tokio::task::spawn_blocking(move || {
+            Command::new("gst-launch-1.0")
+                .arg("-q")
+                .arg("filesrc")
+                .arg(format!("location={}", clip.display()))
+                .args(["!", "queue", "!", "souphttpclientsink"])
+                .arg(format!("location={url}"))
+                .stdin(Stdio::null())
+                .status()
+                .expect("gst-launch-1.0 runs")
+        });
+        pushes.push((name, viewer, gst));
+    }
+    for (name, viewer, gst) in pushes {
+        assert!(gst.await.unwrap().success(), "{name}: gst-launch");
+        let (body, clean) = viewer.await.unwrap();
+        assert!(clean, "{name}");
+        assert_eq!(ebml_headers(&body), 1, "{name}");
+        let d = decode(&body);
+        assert_eq!(
+            d.video_frames, 360,
+            "{name}: every picture of the 12 s clip"
+        );
+        assert!(d.video_pts_monotonic, "{name}");
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", server.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let continuations: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("transcast_continuations_total "))
+        .expect("continuations counted")
+        .parse()
+        .unwrap();
+    assert!(
+        continuations >= 2,
+        "the pieces came as continuations: {continuations}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_at_the_wrong_offset_is_416_naming_the_right_one() {
+    let server = Server::start(|a| a.resume_grace = 5.0).await;
+    let url = server.url("pieces");
+    let data = media(Media::MpegTs);
+    let first = push(&url, data.clone(), false).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.json["bytes_in"], data.len());
+    let wrong = client()
+        .put(&url)
+        .header(
+            "content-range",
+            format!("bytes 100-{}/*", 100 + data.len() - 1),
+        )
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 416);
+    let v: serde_json::Value = serde_json::from_slice(&wrong.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "bad_offset");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&data.len().to_string()), "{msg}");
+    // The right offset continues the same input (MPEG-TS concatenates).
+    let right = client()
+        .put(&url)
+        .header(
+            "content-range",
+            format!("bytes {}-{}/*", data.len(), 2 * data.len() - 1),
+        )
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&right.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["bytes_in"], 2 * data.len(), "{v}");
+    // A continuation of a stream that does not exist says where to start.
+    let none = client()
+        .put(server.url("nothing"))
+        .header("content-range", "bytes 10-20/*")
+        .body(vec![0u8; 11])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 416);
+}
