@@ -150,7 +150,6 @@ impl Collector for StateCollector {
         for (state, n) in [("live", live_now), ("fallback", fallback_now)] {
             ConstGauge::new(n).encode(states.encode_family(&[("state", state)])?)?;
         }
-        drop(states);
         counter(
             &mut enc,
             "transcast_failovers",

@@ -1,33 +1,53 @@
 //! Sources: what feeds a stream. Today an HTTP push ([`push`]), whose bytes may come in several requests;
-//! its task ([`run`]) owns the source's pipeline ([`pipeline`]) for as long as the input lasts, which can
-//! be longer than any one request.
+//! its task ([`run`]) typefinds them and owns the source's pipeline ([`pipeline`]) for as long as the input
+//! lasts, which can be longer than any one request.
 //!
 //! ```text
-//!  request(s) ─ Feed::Data ─► source task ─► appsrc ─ front ─ conform ─► Stream::stamp/deliver
+//!  request(s) ─ Feed::Data ─► source task: typefind ─► appsrc ─ front ─ conform ─► Stream::stamp/deliver
 //!             ─ Feed::Complete: wait --resume-grace for a continuation, then EOS, play out, Detach::Ended
 //!             ─ Feed::Lost ─────────────────────────────────────────────────────► Detach::Lost (fallback)
 //! ```
+//!
+//! A source that fails before its media reached the stream reports the error its request answers with
+//! (415 for input it cannot read, 503 for a limit) through [`Feeder::status`].
 
 pub mod detect;
 pub mod pipeline;
 pub mod push;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use gst::prelude::*;
 use gstreamer as gst;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::error::Error;
 use crate::stream::attach::{End, Feed, Feeder};
-use crate::stream::{Detach, Stream};
+use crate::stream::{Detach, SourceInfo, Stream};
+use crate::templates::Templates;
+use crate::tokens::Session;
+use detect::{Detected, Probe};
 use pipeline::SourcePipeline;
 
 /// Bound on the wait for a source's pipeline to play out what it was given after the input ended (pacing
 /// plays out what is queued: appsrc + queues + a second of lead is well under this).
 pub const EOS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a source task needs besides its stream.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    pub templates: Arc<Templates>,
+    pub pace: bool,
+    pub resume_grace: Duration,
+    /// The token session pushing, whose `inputs` limit the containers it may push.
+    pub session: Option<Session>,
+    pub peer: Option<SocketAddr>,
+}
 
 /// How a source task ended.
 #[derive(Debug)]
@@ -42,31 +62,172 @@ enum Outcome {
     Gone,
 }
 
-/// Feeds a source's pipeline from its requests until the input ends, is lost, fails or is replaced, then
-/// tells the stream.
+/// Runs a claimed source: typefinds its first bytes, starts its pipeline, attaches it to the stream and
+/// feeds it until the input ends, is lost, fails or is replaced; then tells the stream.
 pub async fn run(
     stream: Arc<Stream>,
     feeder: Arc<Feeder>,
-    pipeline: SourcePipeline,
     mut rx: mpsc::Receiver<Feed>,
-    caps: gst::Caps,
-    resume_grace: Duration,
+    ctx: SourceContext,
 ) {
+    let (detected, head, complete) = match typefind(&stream, &feeder, &mut rx, &ctx).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(stream = %stream.name, "source refused: {}", e.message);
+            feeder.status.send_modify(|s| {
+                s.failed.get_or_insert(e);
+                s.ended.get_or_insert(End::InputError);
+            });
+            stream.release(feeder.id);
+            return;
+        }
+    };
+    let started = SourcePipeline::start(
+        stream.clone(),
+        feeder.id,
+        &detected,
+        ctx.templates.clone(),
+        ctx.pace,
+    )
+    .and_then(|p| {
+        stream.attach(
+            feeder.id,
+            feeder.clone(),
+            SourceInfo {
+                peer: ctx.peer,
+                since: SystemTime::now(),
+                container: Some(detected.container.name()),
+                codecs: Vec::new(),
+            },
+        )?;
+        Ok(p)
+    });
+    let pipeline = match started {
+        Ok(p) => {
+            feeder.set_queued_probe(p.queued_input());
+            p
+        }
+        Err(e) => {
+            feeder.status.send_modify(|s| {
+                s.failed.get_or_insert(e);
+                s.ended.get_or_insert(End::InputError);
+            });
+            stream.release(feeder.id);
+            return;
+        }
+    };
+    tracing::info!(stream = %stream.name, input = detected.container.name(), caps = %detected.caps, "source starting");
+    let outcome = feed(
+        &stream,
+        &feeder,
+        &pipeline,
+        &mut rx,
+        &detected.caps,
+        head,
+        complete,
+        ctx.resume_grace,
+    )
+    .await;
+    finish(&stream, &feeder, &pipeline, outcome);
+    // The pipeline goes to NULL here, off the stream's lock; then the channel closes.
+    drop(pipeline);
+}
+
+/// Collects the first bytes until their container is known. A complete body too short to tell (the first
+/// of souphttpclientsink's pieces can be two MPEG-TS packets) waits `--resume-grace` for a continuation.
+async fn typefind(
+    stream: &Stream,
+    feeder: &Feeder,
+    rx: &mut mpsc::Receiver<Feed>,
+    ctx: &SourceContext,
+) -> Result<(Detected, Bytes, bool), Error> {
+    let mut head = BytesMut::new();
+    let mut grace: Option<Instant> = None;
+    let detected = loop {
+        let grace_over = async {
+            match grace {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let complete = tokio::select! {
+            feed = rx.recv() => match feed {
+                Some(Feed::Data(d)) => {
+                    grace = None;
+                    head.extend_from_slice(&d);
+                    false
+                }
+                Some(Feed::Complete) => {
+                    grace = Some(Instant::now() + ctx.resume_grace);
+                    continue;
+                }
+                Some(Feed::Lost(End::SourceTimeout)) => {
+                    return Err(Error::bad_request("the source sent no data within --source-timeout"));
+                }
+                Some(Feed::Lost(_)) | None => {
+                    return Err(Error::bad_request("the upload broke off before its format was recognised"));
+                }
+            },
+            _ = grace_over => {
+                if !feeder.close() {
+                    continue; // a continuation just came
+                }
+                true
+            }
+            _ = feeder.gone.cancelled() => {
+                return Err(Error::unavailable(format!(
+                    "stream '{}' ended before this input was recognised", stream.name
+                )));
+            }
+        };
+        match detect::probe(&head, complete) {
+            Probe::NeedMore => continue,
+            Probe::Found(d) => break (d, complete),
+            Probe::Unsupported(m) => return Err(Error::unsupported(m)),
+        }
+    };
+    let (detected, complete) = detected;
+    if let Some(s) = &ctx.session
+        && !s.allows_input(detected.container)
+    {
+        return Err(Error::unsupported(format!(
+            "session '{}' may push only {}; this input is {}",
+            s.session_id,
+            s.inputs.join(", "),
+            detected.container.name()
+        )));
+    }
+    Ok((detected, head.freeze(), complete))
+}
+
+/// Feeds the pipeline from the requests' chunks until the input ends (and plays out), is lost, fails or is
+/// replaced. `complete`: the input was already closed while typefinding.
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    stream: &Stream,
+    feeder: &Feeder,
+    pipeline: &SourcePipeline,
+    rx: &mut mpsc::Receiver<Feed>,
+    caps: &gst::Caps,
+    head: Bytes,
+    complete: bool,
+    resume_grace: Duration,
+) -> Outcome {
     let mut bus = pipeline.bus().stream();
     let mut sink = pipeline.input();
-    let mut pending: Option<bytes::Bytes> = None;
+    let mut pending = Some(head);
     let mut grace: Option<Instant> = None;
     let mut draining: Option<Instant> = None;
-    let sample = |data: bytes::Bytes| {
+    let mut closed = complete;
+    let sample = |data: Bytes| {
         // Upload bytes for the appsrc without copying. The caps ride along because appsrc's sample API wants
         // them on every sample (the same object each time, so a pointer compare).
         gst::Sample::builder()
             .buffer(&gst::Buffer::from_slice(data))
-            .caps(&caps)
+            .caps(caps)
             .build()
     };
-    let outcome = loop {
-        let bus_msg = async { bus.next().await };
+    loop {
         if let Some(data) = pending.take() {
             // Wait for room in the appsrc with `poll_ready`, which is cancel-safe (a bus message may win the
             // race), then hand the buffer over synchronously: `SinkExt::send` would lose it when cancelled.
@@ -77,13 +238,18 @@ pub async fn run(
                         draining.get_or_insert(Instant::now() + EOS_TIMEOUT);
                     }
                 }
-                msg = bus_msg => match source_event(msg, &stream.name) {
-                    Some(o) => break o,
+                msg = bus.next() => match source_event(msg, &stream.name) {
+                    Some(o) => return o,
                     None => pending = Some(data),
                 },
-                _ = feeder.gone.cancelled() => break Outcome::Gone,
+                _ = feeder.gone.cancelled() => return Outcome::Gone,
             }
             continue;
+        }
+        if closed && draining.is_none() {
+            // The input is over: nothing may continue it from now on.
+            pipeline.end_of_stream();
+            draining = Some(Instant::now() + EOS_TIMEOUT);
         }
         let grace_over = async {
             match grace {
@@ -101,46 +267,39 @@ pub async fn run(
             feed = rx.recv(), if draining.is_none() => match feed {
                 Some(Feed::Data(d)) => { grace = None; pending = Some(d); }
                 Some(Feed::Complete) => grace = Some(Instant::now() + resume_grace),
-                Some(Feed::Lost(end)) => break Outcome::Lost(end),
-                None => break Outcome::Lost(End::InputError),
+                Some(Feed::Lost(end)) => return Outcome::Lost(end),
+                None => return Outcome::Lost(End::InputError),
             },
             _ = grace_over => {
                 grace = None;
-                if feeder.close() {
-                    // No continuation came: the input is over. Nothing may continue it from now on.
-                    pipeline.end_of_stream();
-                    draining = Some(Instant::now() + EOS_TIMEOUT);
-                }
+                closed = feeder.close();
             }
             _ = drain_over => {
                 tracing::warn!(stream = %stream.name, "source did not play out within {EOS_TIMEOUT:?}");
-                break Outcome::Drained;
+                return Outcome::Drained;
             }
-            msg = bus_msg => if let Some(o) = source_event(msg, &stream.name) { break o },
-            _ = feeder.gone.cancelled() => break Outcome::Gone,
+            msg = bus.next() => if let Some(o) = source_event(msg, &stream.name) { return o },
+            _ = feeder.gone.cancelled() => return Outcome::Gone,
         }
-    };
+    }
+}
+
+/// Tells the source's requests and its stream how it ended.
+fn finish(stream: &Arc<Stream>, feeder: &Feeder, pipeline: &SourcePipeline, outcome: Outcome) {
     let started = feeder.started();
-    match outcome {
+    stream.note_codecs(feeder.id, pipeline.input_codecs());
+    let (end, detach) = match outcome {
         Outcome::Drained => {
-            feeder.status.send_modify(|s| {
-                s.ended.get_or_insert(End::Eos);
-            });
             if !started {
                 feeder.status.send_modify(|s| {
-                    s.failed.get_or_insert(crate::error::Error::unsupported(
+                    s.failed.get_or_insert(Error::unsupported(
                         "the input ended before any audio or video could be decoded from it",
                     ));
                 });
             }
-            stream.detach(feeder.id, Detach::Ended);
+            (End::Eos, Some(Detach::Ended))
         }
-        Outcome::Lost(end) => {
-            feeder.status.send_modify(|s| {
-                s.ended.get_or_insert(end);
-            });
-            stream.detach(feeder.id, Detach::Lost);
-        }
+        Outcome::Lost(end) => (end, Some(Detach::Lost)),
         Outcome::Failed(path, message) => {
             if started {
                 tracing::warn!(stream = %stream.name, element = %path, "source ended by an input error: {message}");
@@ -150,18 +309,16 @@ pub async fn run(
                     s.failed.get_or_insert(e);
                 });
             }
-            feeder.status.send_modify(|s| {
-                s.ended.get_or_insert(End::InputError);
-            });
-            stream.detach(feeder.id, Detach::Lost);
+            (End::InputError, Some(Detach::Lost))
         }
-        Outcome::Gone => {
-            feeder.status.send_modify(|s| {
-                s.ended.get_or_insert(End::Aborted);
-            });
-        }
+        Outcome::Gone => (End::Aborted, None),
+    };
+    feeder.status.send_modify(|s| {
+        s.ended.get_or_insert(end);
+    });
+    if let Some(why) = detach {
+        stream.detach(feeder.id, why);
     }
-    drop(pipeline);
 }
 
 /// Logs a bus message and says whether it ends the source.

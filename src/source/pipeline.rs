@@ -160,6 +160,12 @@ impl SourcePipeline {
         let _ = self.appsrc.end_of_stream();
     }
 
+    /// Input bytes waiting in the appsrc (0: the demuxer has taken everything it was given).
+    pub fn queued_input(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let appsrc = self.appsrc.clone();
+        move || appsrc.current_level_bytes()
+    }
+
     pub fn input_codecs(&self) -> Vec<String> {
         self.shared.codecs().clone()
     }

@@ -16,14 +16,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -34,11 +34,11 @@ use crate::auth;
 use crate::error::{Error, Kind, Result};
 use crate::http::ConnInfo;
 use crate::hub::{Hub, HubConfig};
-use crate::source::detect::{self, Probe};
-use crate::stream::attach::{End, Feed, Feeder, Status};
+use crate::source::SourceContext;
+use crate::stream::attach::{End, Feed, Feeder};
 use crate::stream::output::{Output, OutputContext};
 use crate::stream::registry;
-use crate::stream::{Mode, SourceInfo, Stream, StreamSettings};
+use crate::stream::{Mode, Stream, StreamSettings};
 use crate::tokens::Session;
 
 /// After an error, read at most this much of the rest of the upload before closing ...
@@ -48,6 +48,9 @@ pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
 /// Bound on the wait, after a new source's body is complete, for its media to reach the stream (or fail):
 /// a file whose `moov` comes last starts only now, and decodes within this.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// ... unless its pipeline has taken every byte and sat idle this long: it needs more input to go on (the
+/// first of souphttpclientsink's pieces can be 16 KiB), which only comes after this answer.
+pub const STARVED_AFTER: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Serialize)]
 pub struct PushSummary {
@@ -112,7 +115,12 @@ pub async fn push(
     .await;
     match result {
         Ok(summary) => {
-            span.in_scope(|| tracing::info!(end = ?summary.end, bytes_in = summary.bytes_in, media_ms = summary.media_duration_ms, "push answered"));
+            // souphttpclientsink sends tens of pieces a second: only a new source's answer is worth a line.
+            if range.is_some() {
+                span.in_scope(|| tracing::debug!(end = ?summary.end, bytes_in = summary.bytes_in, "piece taken"));
+            } else {
+                span.in_scope(|| tracing::info!(end = ?summary.end, bytes_in = summary.bytes_in, media_ms = summary.media_duration_ms, "push answered"));
+            }
             let aborted = summary.end == End::Aborted;
             let mut resp = Json(summary).into_response();
             if aborted {
@@ -187,8 +195,8 @@ async fn next_input(body: &mut Body, timeout: Duration) -> Input {
     }
 }
 
-/// A new source for `name`: the stream is opened (or created), the push claims it, its head is typefound,
-/// its pipeline and task start, and its body is fed until it ends.
+/// A new source for `name`: the stream is opened (or created), the push claims it, and its body is fed to
+/// the source's task (which typefinds it and starts its pipeline) until it ends.
 async fn run(
     app: &Arc<AppState>,
     name: &str,
@@ -206,109 +214,63 @@ async fn run(
     if let Some(r) = reservation {
         tokio::spawn(stream.clone().run(r));
     }
-    let id = stream.claim()?;
-    let _release = ReleaseOnDrop(&stream, id);
-
-    // Typefind the head of the upload.
-    *polled = true;
-    let mut head = BytesMut::new();
-    let (detected, complete) = loop {
-        let input = tokio::select! {
-            i = next_input(body, cfg.source_timeout) => i,
-            _ = stream.abort.cancelled() => return Err(if app.shutdown.is_cancelled() {
-                Error::unavailable("the server is shutting down")
-            } else {
-                Error::unavailable("the stream was ended through the API before its input was recognised")
-            }),
-        };
-        let complete = match input {
-            Input::Data(d) => {
-                head.extend_from_slice(&d);
-                false
-            }
-            Input::End => true,
-            Input::Timeout => {
-                return Err(Error::bad_request(
-                    "the source sent no data within --source-timeout",
-                ));
-            }
-            Input::Failed(e) => {
-                return Err(Error::bad_request(format!(
-                    "reading the upload failed: {e}"
-                )));
-            }
-        };
-        match detect::probe(&head, complete) {
-            Probe::NeedMore => continue,
-            Probe::Found(d) => break (d, complete),
-            Probe::Unsupported(m) => return Err(Error::unsupported(m)),
-        }
-    };
-    if let Some(s) = &session
-        && !s.allows_input(detected.container)
-    {
-        return Err(Error::unsupported(format!(
-            "session '{name}' may push only {}; this input is {}",
-            s.inputs.join(", "),
-            detected.container.name()
-        )));
-    }
-    tracing::info!(input = detected.container.name(), caps = %detected.caps, "source starting");
-
-    let (feeder, rx) = Feeder::new(id);
-    let feeder = Arc::new(feeder);
-    let pipeline = crate::source::pipeline::SourcePipeline::start(
-        stream.clone(),
-        id,
-        &detected,
-        app.templates.clone(),
-        cfg.pace,
-    )?;
-    stream.attach(
-        id,
-        feeder.clone(),
-        SourceInfo {
-            peer,
-            since: SystemTime::now(),
-            container: Some(detected.container.name()),
-            codecs: Vec::new(),
-        },
-    )?;
+    let (feeder, rx) = stream.claim()?;
     tokio::spawn(crate::source::run(
         stream.clone(),
         feeder.clone(),
-        pipeline,
         rx,
-        detected.caps.clone(),
-        cfg.resume_grace,
+        SourceContext {
+            templates: app.templates.clone(),
+            pace: cfg.pace,
+            resume_grace: cfg.resume_grace,
+            session,
+            peer,
+        },
     ));
-    let end = spawn_feed(app, &stream, &feeder, Some(head.freeze()), complete, body).await;
-    if end == End::Eos {
-        // A new source's answer says whether its media made it: wait until it reached the stream or failed.
-        let mut status = feeder.status.subscribe();
-        let settled = tokio::time::timeout(
-            START_TIMEOUT,
-            status.wait_for(|s: &Status| s.started || s.failed.is_some() || s.ended.is_some()),
-        )
-        .await;
-        if let Ok(Ok(s)) = settled
-            && let Some(e) = s.failed.clone()
-        {
+    *polled = true;
+    let end = spawn_feed(app, &stream, &feeder, body).await;
+    if end != End::Aborted {
+        // The answer says whether the source's media made it: wait until it reached the stream or failed,
+        // or its pipeline starves for input.
+        wait_settled(&feeder).await;
+    }
+    if let Some(e) = feeder.status.borrow().failed.clone() {
+        if e.kind != Kind::BadRequest {
             app.registry
                 .totals
                 .pipeline_errors
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(e);
         }
-    }
-    if let Some(e) = feeder.status.borrow().failed.clone() {
-        app.registry
-            .totals
-            .pipeline_errors
-            .fetch_add(1, Ordering::Relaxed);
         return Err(e);
     }
-    Ok(summary(&stream, &feeder, end, detected.container.name()))
+    let input = stream
+        .source()
+        .and_then(|s| s.container)
+        .unwrap_or("unknown");
+    Ok(summary(&stream, &feeder, end, input))
+}
+
+/// Waits (within [`START_TIMEOUT`]) until a source's media reached its stream, it failed or ended, or its
+/// pipeline has had nothing queued for [`STARVED_AFTER`].
+async fn wait_settled(feeder: &Feeder) {
+    const LOOK: Duration = Duration::from_millis(20);
+    let mut status = feeder.status.subscribe();
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut idle = Duration::ZERO;
+    while Instant::now() < deadline && idle < STARVED_AFTER {
+        {
+            let s = status.borrow_and_update();
+            if s.started || s.failed.is_some() || s.ended.is_some() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(LOOK, status.changed()).await;
+        idle = if feeder.starved() {
+            idle + LOOK
+        } else {
+            Duration::ZERO
+        };
+    }
 }
 
 /// A piece that continues the current source's input at `offset`.
@@ -347,7 +309,7 @@ async fn continuation(
         .counters
         .continuations
         .fetch_add(1, Ordering::Relaxed);
-    let end = spawn_feed(app, &stream, &feeder, None, false, body).await;
+    let end = spawn_feed(app, &stream, &feeder, body).await;
     let input = stream
         .source()
         .and_then(|s| s.container)
@@ -362,8 +324,6 @@ async fn spawn_feed(
     app: &Arc<AppState>,
     stream: &Arc<Stream>,
     feeder: &Arc<Feeder>,
-    first: Option<Bytes>,
-    complete: bool,
     body: &mut Body,
 ) -> End {
     let body = std::mem::replace(body, Body::empty());
@@ -371,8 +331,13 @@ async fn spawn_feed(
     let task = tokio::spawn(async move {
         let mut body = body;
         let tx = feeder.sender();
-        let end = feed(&app, &stream, &feeder, &tx, first, complete, &mut body).await;
+        let end = feed(&app, &stream, &feeder, &tx, &mut body).await;
         feeder.release();
+        if feeder.status.borrow().failed.is_some() {
+            // Refused while the client may still be uploading: read a bounded part of the rest, so curl and
+            // ffmpeg read the JSON answer instead of a connection reset.
+            drain(&mut body).await;
+        }
         end
     });
     task.await.unwrap_or(End::InputError)
@@ -385,19 +350,17 @@ async fn feed(
     stream: &Arc<Stream>,
     feeder: &Feeder,
     tx: &mpsc::Sender<Feed>,
-    mut first: Option<Bytes>,
-    mut complete: bool,
     body: &mut Body,
 ) -> End {
+    let mut complete = false;
     let timeout = app.config.source_timeout;
     loop {
-        let data = match first.take() {
-            Some(d) => d,
-            None if complete => {
+        let data = match complete {
+            true => {
                 let _ = tx.send(Feed::Complete).await;
                 return End::Eos;
             }
-            None => {
+            false => {
                 let input = tokio::select! {
                     i = next_input(body, timeout) => i,
                     _ = feeder.gone.cancelled() => return End::Aborted,
@@ -429,7 +392,8 @@ async fn feed(
         if !sent {
             // The source task is done (its demuxer found the end of the media, or it failed): what is left
             // of the body is not needed.
-            return feeder.status.borrow().ended.unwrap_or(End::Eos);
+            let ended = feeder.status.borrow().ended;
+            return ended.unwrap_or(End::Eos);
         }
         feeder.bytes_in.fetch_add(len as u64, Ordering::AcqRel);
         stream.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
@@ -499,15 +463,6 @@ fn create_stream(
         },
         app.shutdown.child_token(),
     ))
-}
-
-/// Gives a claim back if the push never became the stream's source.
-struct ReleaseOnDrop<'a>(&'a Arc<Stream>, u64);
-
-impl Drop for ReleaseOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.release(self.1);
-    }
 }
 
 /// With the token server on, a push needs a live session for its name and, unless it is a compat session,

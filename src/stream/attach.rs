@@ -5,6 +5,7 @@
 //! feed is not the request: requests send [`Feed`]s into the source task's channel, and the [`Feeder`] is
 //! what a stream holds to find that channel again.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -54,7 +55,6 @@ pub struct Status {
 }
 
 /// A stream's handle on its source.
-#[derive(Debug)]
 pub struct Feeder {
     pub id: u64,
     tx: mpsc::Sender<Feed>,
@@ -67,6 +67,19 @@ pub struct Feeder {
     pub status: watch::Sender<Status>,
     /// Cancelled when the source is detached (replaced, aborted, or its stream ended).
     pub gone: CancellationToken,
+    /// Input bytes its pipeline has not taken yet (set once the pipeline runs).
+    queued: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Feeder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeder")
+            .field("id", &self.id)
+            .field("bytes_in", &self.bytes_in)
+            .field("receiving", &self.receiving)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Feeder {
@@ -80,6 +93,7 @@ impl Feeder {
             closed: AtomicBool::new(false),
             status: watch::Sender::new(Status::default()),
             gone: CancellationToken::new(),
+            queued: OnceLock::new(),
         };
         (feeder, rx)
     }
@@ -128,6 +142,17 @@ impl Feeder {
     /// The current request is done with the feed.
     pub fn release(&self) {
         self.receiving.store(false, Ordering::Release);
+    }
+
+    /// Lets the feeder see how much input its pipeline has not taken yet.
+    pub fn set_queued_probe(&self, probe: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.queued.set(Box::new(probe));
+    }
+
+    /// Everything sent so far has been taken: before the pipeline runs (typefinding wants more), or once it
+    /// has taken every byte. The source cannot go on without more input.
+    pub fn starved(&self) -> bool {
+        self.queued.get().is_none_or(|q| q() == 0)
     }
 
     pub fn started(&self) -> bool {

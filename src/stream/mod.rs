@@ -173,12 +173,22 @@ struct Inner {
     tracks_open: bool,
     current: Option<Current>,
     /// A push that passed the busy check and is typefinding.
-    claimed: Option<u64>,
+    claimed: Option<Arc<Feeder>>,
     /// The on-air source and its offset (stream time − source time, ns).
     on_air: Option<(u64, i64)>,
     fallback_since: Option<Instant>,
     /// The last source's info, kept for the API while on the fallback.
     last_source: Option<SourceInfo>,
+}
+
+impl Inner {
+    fn is_current(&self, id: u64) -> bool {
+        self.current.as_ref().is_some_and(|c| c.feeder.id == id)
+    }
+
+    fn is_claimed(&self, id: u64) -> bool {
+        self.claimed.as_ref().is_some_and(|f| f.id == id)
+    }
 }
 
 #[derive(Debug)]
@@ -291,14 +301,19 @@ impl Stream {
         self.output.dot()
     }
 
-    /// The feeder of the current source, for a continuation request.
+    /// The feeder of the newest source (one still typefinding, else the current one), for a continuation.
     pub fn feeder(&self) -> Option<Arc<Feeder>> {
-        self.inner().current.as_ref().map(|c| c.feeder.clone())
+        let inner = self.inner();
+        inner
+            .claimed
+            .clone()
+            .or_else(|| inner.current.as_ref().map(|c| c.feeder.clone()))
     }
 
-    /// Lets a new push in: 409 while another push is feeding the stream (or typefinding), Ended when the
-    /// stream is over (the registry then starts a new one). Returns the new source's id.
-    pub fn claim(&self) -> Result<u64> {
+    /// Lets a new push in: 409 while another push is feeding the stream (or typefinding), 503 when the
+    /// stream is over (the registry then starts a new one). Returns the new source's feeder and the channel
+    /// its task reads.
+    pub fn claim(&self) -> Result<(Arc<Feeder>, tokio::sync::mpsc::Receiver<attach::Feed>)> {
         let mut inner = self.inner();
         if self.is_ended() {
             return Err(Error::unavailable(format!(
@@ -318,14 +333,16 @@ impl Stream {
             ));
         }
         let id = self.next_source.fetch_add(1, Ordering::Relaxed);
-        inner.claimed = Some(id);
-        Ok(id)
+        let (feeder, rx) = Feeder::new(id);
+        let feeder = Arc::new(feeder);
+        inner.claimed = Some(feeder.clone());
+        Ok((feeder, rx))
     }
 
-    /// A claimed push that never became a source (refused before typefind ended): a stream it created ends.
+    /// A claimed push that never became a source (refused before it started): a stream it created ends.
     pub fn release(&self, id: u64) {
         let mut inner = self.inner();
-        if inner.claimed == Some(id) {
+        if inner.is_claimed(id) {
             inner.claimed = None;
             if inner.current.is_none() && self.state() == State::Starting {
                 self.set_state(State::Ended);
@@ -337,7 +354,7 @@ impl Stream {
     /// detached. Its media goes on air with its first buffer.
     pub fn attach(&self, id: u64, feeder: Arc<Feeder>, info: SourceInfo) -> Result<()> {
         let mut inner = self.inner();
-        if inner.claimed != Some(id) || self.is_ended() {
+        if !inner.is_claimed(id) || self.is_ended() {
             return Err(Error::unavailable(format!(
                 "stream '{}' ended while the push started",
                 self.name
@@ -370,7 +387,7 @@ impl Stream {
         passthrough: bool,
     ) -> Offer {
         let mut inner = self.inner();
-        if !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+        if !inner.is_current(id) {
             return Offer::Refuse(Error::unavailable("the source was replaced"));
         }
         if let Some(t) = inner.tracks.iter().find(|t| t.out.kind == kind) {
@@ -416,7 +433,7 @@ impl Stream {
     /// The first source has announced all its tracks: the stream's are fixed.
     pub fn tracks_complete(&self, id: u64) -> Result<()> {
         let mut inner = self.inner();
-        if !inner.tracks_open || !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+        if !inner.tracks_open || !inner.is_current(id) {
             return Ok(());
         }
         inner.tracks_open = false;
@@ -549,7 +566,7 @@ impl Stream {
     /// The source `id` leaves (if it still is the stream's): the stream ends, or falls back.
     pub fn detach(self: &Arc<Self>, id: u64, why: Detach) {
         let mut inner = self.inner();
-        if !inner.current.as_ref().is_some_and(|c| c.feeder.id == id) {
+        if !inner.is_current(id) {
             return;
         }
         let current = inner.current.take().expect("checked");
@@ -590,6 +607,9 @@ impl Stream {
     /// Ends the stream (abort, linger expired, output failure).
     pub fn end(&self) {
         let mut inner = self.inner();
+        if let Some(f) = inner.claimed.take() {
+            f.gone.cancel();
+        }
         if let Some(c) = inner.current.take() {
             c.feeder.gone.cancel();
             c.feeder.status.send_modify(|s| {
@@ -715,10 +735,7 @@ impl Stream {
         let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN_TIMEOUT;
         while !done && !self.abort.is_cancelled() {
             tokio::select! {
-                msg = bus.next() => match output_event(msg.as_ref(), &self.name) {
-                    Some(_) => done = true,
-                    None => {}
-                },
+                msg = bus.next() => done = output_event(msg.as_ref(), &self.name).is_some(),
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(stream = %self.name, "output did not drain within {OUTPUT_DRAIN_TIMEOUT:?}");
                     break;
