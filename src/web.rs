@@ -125,6 +125,21 @@ fn resolution(info: &StreamInfo) -> String {
     }
 }
 
+/// A stream's state for people: on the fallback it says so (the player shows the slate).
+fn state_text(state: crate::stream::State, failovers: u64) -> String {
+    let s = match state {
+        crate::stream::State::Starting => "starting",
+        crate::stream::State::Live => "live",
+        crate::stream::State::Fallback => "on its fallback, waiting for its source",
+        crate::stream::State::Ended => "ended",
+    };
+    if failovers > 0 {
+        format!("{s} · failovers: {failovers}")
+    } else {
+        s.to_string()
+    }
+}
+
 fn card(info: &StreamInfo, started: SystemTime) -> String {
     let name = esc(&info.name);
     let mode = info.mode.as_str();
@@ -132,12 +147,14 @@ fn card(info: &StreamInfo, started: SystemTime) -> String {
     format!(
         "<article class=\"card\" data-stream=\"{name}\">{player}<div class=\"body\">\
          <h2><a href=\"/watch/{name}\">{name}</a><span class=\"badge {mode}\" data-f=\"mode\">{mode}</span></h2><dl>\
+         <dt>state</dt><dd data-f=\"state\">{state}</dd>\
          <dt>codecs</dt><dd data-f=\"codecs\">{cin} → {cout}</dd>\
          <dt>resolution</dt><dd data-f=\"res\">{res}</dd>\
          <dt>bitrate</dt><dd data-f=\"bitrate\">{bitrate}</dd>\
          <dt>clients</dt><dd data-f=\"clients\">{clients}</dd>\
          <dt>uptime</dt><dd data-f=\"uptime\">{up}</dd></dl></div></article>",
         player = media_tag(&info.name, info, false),
+        state = state_text(info.state, info.failovers),
         cin = esc(&info.input.codecs.join("+")),
         cout = esc(&info.output.codecs.join("+")),
         bitrate = human_bps(info.bitrate_out_bps),
@@ -162,6 +179,8 @@ async function refresh() {
     let card = grid.querySelector('[data-stream="' + CSS.escape(s.name) + '"]');
     if (!card) { location.reload(); return false; }
     set(card, 'mode', s.mode); card.querySelector('.badge').className = 'badge ' + s.mode;
+    set(card, 'state', ({fallback: 'on its fallback, waiting for its source'}[s.state] || s.state)
+      + (s.failovers > 0 ? ' · failovers: ' + s.failovers : ''));
     set(card, 'codecs', s.input.codecs.join('+') + ' → ' + s.output.codecs.join('+'));
     set(card, 'res', s.output.width ? s.output.width + '×' + s.output.height : 'audio only');
     set(card, 'bitrate', bps(s.bitrate_out_bps));

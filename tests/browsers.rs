@@ -1,6 +1,6 @@
 //! Real browsers play transcast's output: headless Firefox (geckodriver) and Chromium (chromedriver), watching
-//! a transcoded and a passthrough stream from the start and as late joiners, an audio-only stream, and the
-//! status page's players. Chromium refuses a join that does not start at a keyframe; Firefox shows nothing
+//! a transcoded and a passthrough stream from the start and as late joiners, an audio-only stream, the
+//! status page's players, and one `<video>` playing on through its source's loss, the slate and its return. Chromium refuses a join that does not start at a keyframe; Firefox shows nothing
 //! until one comes: both are needed.
 //!
 //! Assertions are on what the page's media element reports (`currentTime` advancing, `videoWidth`, decoded
@@ -342,7 +342,105 @@ async fn browser_cases(browser: &str) {
     );
     client.goto("about:blank").await.unwrap();
     pusher.await.unwrap();
+
+    failover_case(&client, browser).await;
     client.close().await.unwrap();
+}
+
+/// The media element's state now (see [`PROBE`]).
+async fn media_state(client: &Client, selector: &str) -> Value {
+    client
+        .execute(PROBE, vec![json!(selector)])
+        .await
+        .unwrap_or(Value::Null)
+}
+
+/// Waits (bounded) until the element's `currentTime` passes `t`; fails on a media error.
+async fn advances_past(client: &Client, browser: &str, what: &str, t: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = media_state(client, "#player").await;
+        assert!(v["error"].is_null(), "{browser} {what}: media error {v}");
+        let now = v["t"].as_f64().unwrap_or(0.0);
+        if now > t {
+            return now;
+        }
+        if Instant::now() > deadline {
+            let dir = save_artifacts(client, &format!("{browser}-failover"), what).await;
+            panic!(
+                "{browser} {what}: currentTime stuck at {now} (wanted past {t}); {v}; artifacts in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A source killed mid-stream and pushed again: the same `<video>` keeps playing through the slate and back
+/// to the source, with no error and no reload.
+async fn failover_case(client: &Client, browser: &str) {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = transcast::config::Fallback::Slate;
+    })
+    .await;
+    let name = format!("{browser}-failover");
+    let clip = long_clip("ts");
+    // A chunked push over a bare socket, cut without its terminator: the source is lost, not finished.
+    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(
+        format!("PUT /live/{name} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let feeding = tokio::spawn(async move {
+        for c in chunk(&clip, 32 << 10) {
+            let head = format!("{:x}\r\n", c.len());
+            if sock.write_all(head.as_bytes()).await.is_err()
+                || sock.write_all(&c).await.is_err()
+                || sock.write_all(b"\r\n").await.is_err()
+            {
+                break;
+            }
+        }
+        sock
+    });
+    wait_live(&server, &name).await;
+    client
+        .goto(&format!("http://{}/watch/{name}", server.addr))
+        .await
+        .unwrap();
+    let t_live = advances_past(client, browser, "source", 2.0).await;
+    feeding.abort(); // the pushing task and its socket go away mid-body
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.state.registry.get(&name).map(|s| s.state())
+        != Some(transcast::stream::State::Fallback)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{browser}: the stream never fell back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t_slate = advances_past(client, browser, "slate", t_live + 3.0).await;
+    let pusher = tokio::spawn({
+        let url = server.url(&name);
+        async move { push(&url, long_clip("ts"), false).await }
+    });
+    let t_back = advances_past(client, browser, "resumed source", t_slate + 4.0).await;
+    let s = server.state.registry.get(&name).unwrap();
+    assert_eq!(s.state(), transcast::stream::State::Live);
+    assert_eq!(
+        s.counters
+            .resumes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    eprintln!("{browser} failover: live {t_live:.1} s, slate {t_slate:.1} s, back {t_back:.1} s");
+    client.goto("about:blank").await.unwrap();
+    pusher.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
