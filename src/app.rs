@@ -11,9 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::FailureLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hub::{Hub, HubConfig};
+use crate::stream::output::{Output, OutputContext};
 use crate::stream::registry::Registry;
+use crate::stream::{Stream, StreamSettings};
 use crate::templates::Templates;
-use crate::tokens::TokenStore;
+use crate::tokens::{Session, TokenStore};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -31,6 +34,56 @@ pub struct AppState {
     pub auth_failures: FailureLog,
     /// Set once at startup (the registry's collector needs the state's address).
     pub metrics: std::sync::OnceLock<prometheus_client::registry::Registry>,
+}
+
+impl AppState {
+    /// A new stream for `name` (not yet registered), with its hub and empty output pipeline; the session
+    /// pushing it, if any, adds its RTP targets; `linger` overrides `--linger`.
+    pub fn new_stream(
+        &self,
+        name: &str,
+        session: Option<&Session>,
+        linger: Option<std::time::Duration>,
+    ) -> Result<Arc<Stream>> {
+        let cfg = &self.config;
+        let hub = Hub::new(
+            name,
+            HubConfig {
+                join: cfg.join,
+                max_lag: cfg.max_lag,
+                max_gop_bytes: cfg.max_gop_bytes,
+                coalesce: cfg.coalesce,
+            },
+        );
+        let rtp_targets = crate::rtp::merge_targets(
+            &cfg.rtp_targets,
+            session
+                .iter()
+                .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
+        );
+        let output = Output::new(
+            name,
+            OutputContext {
+                templates: self.templates.clone(),
+                transcodes: self.transcodes.clone(),
+                pace: cfg.pace,
+                rtp_targets,
+                muxer: cfg.muxer,
+            },
+            hub.clone(),
+        )?;
+        Ok(Stream::new(
+            name,
+            hub,
+            output,
+            StreamSettings {
+                fallback: cfg.fallback,
+                linger: linger.unwrap_or(cfg.linger),
+                encode: cfg.encode.clone(),
+            },
+            self.shutdown.child_token(),
+        ))
+    }
 }
 
 /// A started daemon.

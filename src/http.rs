@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/watch/{name}"),
     ("get", "/metrics"),
     ("get", "/api/v1/streams"),
+    ("post", "/api/v1/streams"),
     ("get", "/api/v1/streams/{name}"),
     ("delete", "/api/v1/streams/{name}"),
     ("get", "/api/v1/streams/{name}/graph"),

@@ -846,3 +846,99 @@ async fn metrics_parse_and_move_when_data_flows() {
     assert!(metric(&last, "transcast_pipeline_errors_total") >= 1.0);
     let _: SocketAddr = server.addr;
 }
+
+/// A stream created through the API shows its slate until a source pushes to it, then the source; DELETE
+/// ends it for its viewers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_created_through_the_api_shows_its_slate_then_its_source() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = transcast::config::Fallback::Slate;
+    })
+    .await;
+    let api = Api { server: &server };
+    let (st, s) = api
+        .call(
+            Method::POST,
+            "/api/v1/streams",
+            "/api/v1/streams",
+            Some(json!({"name": "lobby", "linger": 20, "width": 320, "height": 240})),
+        )
+        .await;
+    assert_eq!(st, 201, "{s}");
+    assert_eq!(s["state"], "fallback");
+    assert!(s["source"].is_null());
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/streams",
+            "/api/v1/streams",
+            Some(json!({"name": "lobby"})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("stream_busy"))
+    );
+    for bad in [
+        json!({"name": "a b"}),
+        json!({"name": "x", "linger": -1}),
+        json!({"name": "x", "width": 100000}),
+        json!({"name": "x", "colour": 1}),
+    ] {
+        let (st, e) = api
+            .call(
+                Method::POST,
+                "/api/v1/streams",
+                "/api/v1/streams",
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(st, 400, "{bad}: {e}");
+    }
+
+    let url = server.url("lobby");
+    let watcher = tokio::spawn({
+        let url = url.clone();
+        async move { read_all(open_watch(&url).await).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pusher = tokio::spawn(async move { push(&url, media(Media::MpegTs), false).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, s) = api
+            .call(
+                Method::GET,
+                "/api/v1/streams/lobby",
+                "/api/v1/streams/{name}",
+                None,
+            )
+            .await;
+        if s["state"] == "live" {
+            assert_eq!(s["resumes"], 1, "{s}");
+            assert_eq!(s["input"]["container"], "mpegts", "{s}");
+            assert!(s["source"]["since"].is_string(), "{s}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never live: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pusher.await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/streams/lobby",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let watched = watcher.await.unwrap();
+    let d = decode(&watched.body);
+    assert_eq!((d.width, d.height), (320, 240));
+    // 1.5 s of slate, then the source (converted to the stream's size) until the abort.
+    assert!(d.video_frames >= 60, "{d:?}");
+    assert!(d.video_pts_monotonic, "{d:?}");
+    server.wait_gone("lobby").await;
+}

@@ -67,6 +67,19 @@ pub struct ClientStats {
     pub skipped: u64,
 }
 
+/// `POST /api/v1/streams`: a stream that shows its slate until a source pushes to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewStream {
+    pub name: String,
+    /// Seconds it waits for a source before it ends (default `--linger`).
+    pub linger: Option<f64>,
+    /// Picture size of the stream (every source is scaled to it); default 640×360, at most
+    /// `--max-width`×`--max-height`.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {

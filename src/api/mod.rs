@@ -30,7 +30,7 @@ use dto::*;
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/api/v1/streams", get(list_streams))
+        .route("/api/v1/streams", get(list_streams).post(create_stream))
         .route(
             "/api/v1/streams/{name}",
             get(get_stream).delete(abort_stream),
@@ -156,6 +156,67 @@ async fn get_stream(
 ) -> Result<Json<StreamInfo>> {
     let e = entry(&app, &name)?;
     Ok(Json(stream_info(&e)))
+}
+
+/// Creates a stream without a source: it shows its slate until a push arrives (with the token server, the
+/// push of the session of that name), and ends after its linger.
+async fn create_stream(
+    State(app): State<Arc<AppState>>,
+    body: std::result::Result<Json<NewStream>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<StreamInfo>)> {
+    let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
+    streams::validate_name(&req.name)?;
+    let linger = req
+        .linger
+        .map(|l| {
+            if l.is_finite() && l > 0.0 && l <= 86_400.0 {
+                Ok(std::time::Duration::from_secs_f64(l))
+            } else {
+                Err(Error::bad_request(
+                    "linger must be a number of seconds in (0, 86400]",
+                ))
+            }
+        })
+        .transpose()?;
+    let enc = &app.config.encode;
+    let (width, height) = (req.width.unwrap_or(640), req.height.unwrap_or(360));
+    if !(16..=enc.max_width).contains(&width) || !(16..=enc.max_height).contains(&height) {
+        return Err(Error::bad_request(format!(
+            "width and height must be 16..={} and 16..={} (--max-width, --max-height)",
+            enc.max_width, enc.max_height
+        )));
+    }
+    if app.config.fallback == crate::config::Fallback::None {
+        return Err(Error::bad_request(
+            "with --fallback none a stream without a source has nothing to show",
+        ));
+    }
+    let session = if app.config.token_server_enabled() {
+        Some(app.tokens.get(&req.name).ok_or_else(|| {
+            Error::not_found(format!(
+                "no session '{}': with the token server, a stream is created for a session",
+                req.name
+            ))
+        })?)
+    } else {
+        None
+    };
+    let (stream, reservation) = app.registry.open(&req.name, || {
+        app.new_stream(&req.name, session.as_ref(), linger)
+    })?;
+    let Some(reservation) = reservation else {
+        return Err(Error::new(
+            crate::error::Kind::Busy,
+            format!("stream '{}' exists already", req.name),
+        ));
+    };
+    tokio::spawn(stream.clone().run(reservation));
+    if let Err(e) = stream.start_on_fallback(width, height) {
+        stream.end();
+        return Err(e);
+    }
+    tracing::info!(stream = %req.name, "created through the API");
+    Ok((StatusCode::CREATED, Json(stream_info(&stream))))
 }
 
 /// Aborts a stream: its source connection is closed and every client gets a clean end.

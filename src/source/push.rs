@@ -33,12 +33,10 @@ use crate::app::AppState;
 use crate::auth;
 use crate::error::{Error, Kind, Result};
 use crate::http::ConnInfo;
-use crate::hub::{Hub, HubConfig};
 use crate::source::SourceContext;
 use crate::stream::attach::{End, Feed, Feeder};
-use crate::stream::output::{Output, OutputContext};
 use crate::stream::registry;
-use crate::stream::{Mode, Stream, StreamSettings};
+use crate::stream::{Mode, Stream};
 use crate::tokens::Session;
 
 /// After an error, read at most this much of the rest of the upload before closing ...
@@ -210,7 +208,7 @@ async fn run(
     let cfg = &app.config;
     let (stream, reservation) = app
         .registry
-        .open(name, || create_stream(app, name, session.as_ref()))?;
+        .open(name, || app.new_stream(name, session.as_ref(), None))?;
     if let Some(r) = reservation {
         tokio::spawn(stream.clone().run(r));
     }
@@ -417,52 +415,6 @@ fn summary(stream: &Stream, feeder: &Feeder, end: End, input: &'static str) -> P
         frames_dropped: stream.frames_dropped(),
         message: None,
     }
-}
-
-/// A new stream for `name`, with its hub and (empty) output pipeline.
-fn create_stream(
-    app: &Arc<AppState>,
-    name: &str,
-    session: Option<&Session>,
-) -> Result<Arc<Stream>> {
-    let cfg = &app.config;
-    let hub = Hub::new(
-        name,
-        HubConfig {
-            join: cfg.join,
-            max_lag: cfg.max_lag,
-            max_gop_bytes: cfg.max_gop_bytes,
-            coalesce: cfg.coalesce,
-        },
-    );
-    let rtp_targets = crate::rtp::merge_targets(
-        &cfg.rtp_targets,
-        session
-            .iter()
-            .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
-    );
-    let output = Output::new(
-        name,
-        OutputContext {
-            templates: app.templates.clone(),
-            transcodes: app.transcodes.clone(),
-            pace: cfg.pace,
-            rtp_targets,
-            muxer: cfg.muxer,
-        },
-        hub.clone(),
-    )?;
-    Ok(Stream::new(
-        name,
-        hub,
-        output,
-        StreamSettings {
-            fallback: cfg.fallback,
-            linger: cfg.linger,
-            encode: cfg.encode.clone(),
-        },
-        app.shutdown.child_token(),
-    ))
 }
 
 /// With the token server on, a push needs a live session for its name and, unless it is a compat session,

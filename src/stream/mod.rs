@@ -430,6 +430,39 @@ impl Stream {
         }
     }
 
+    /// Starts a stream that has no source yet (created through the API) on its slate: a video track of
+    /// `width`×`height` at up to 30 fps and a stereo audio track, which every source is converted to.
+    pub fn start_on_fallback(self: &Arc<Self>, width: u32, height: u32) -> Result<()> {
+        let mut inner = self.inner();
+        if !inner.tracks_open || !inner.tracks.is_empty() {
+            return Err(Error::internal("the stream has tracks already"));
+        }
+        let video = gst::Caps::builder("video/x-raw")
+            .field("width", width as i32)
+            .field("height", height as i32)
+            .build();
+        for (kind, caps) in [
+            (TrackKind::Video, video),
+            (TrackKind::Audio, gst::Caps::new_empty()),
+        ] {
+            let input = TrackInput::Raw(raw_caps(kind, &caps, &self.settings.encode));
+            let out = self.output.add_track(kind, input)?;
+            inner.tracks.push(Track {
+                out,
+                last_pts: None,
+                end: 0,
+            });
+        }
+        inner.tracks_open = false;
+        self.output.tracks_complete()?;
+        inner.fallback_since = Some(Instant::now());
+        self.set_state(State::Fallback);
+        drop(inner);
+        tracing::info!(stream = %self.name, "created without a source: on its slate");
+        tokio::spawn(slate::run(self.clone()));
+        Ok(())
+    }
+
     /// The first source has announced all its tracks: the stream's are fixed.
     pub fn tracks_complete(&self, id: u64) -> Result<()> {
         let mut inner = self.inner();
