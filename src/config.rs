@@ -92,15 +92,15 @@ pub struct ServeArgs {
 
     /// Enables the token server: only callers in these masks (CIDR or address, repeatable, IPv4/IPv6) may use
     /// the token and stream-control API, and pushing a stream needs a session token.
-    #[arg(long = "token-server", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    #[arg(long = "token-server", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
     pub token_server: Vec<ipnet::IpNet>,
 
     /// Without --token-server: masks whose callers may use the control API. Default: loopback only.
-    #[arg(long = "api-allow", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    #[arg(long = "api-allow", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
     pub api_allow: Vec<ipnet::IpNet>,
 
     /// Proxies whose X-Forwarded-For is believed for the address checks (repeatable).
-    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
     /// RTP/UDP target `IP:port` every stream is rebroadcast to (repeatable): video RTP on port P, RTCP P+1,
@@ -110,7 +110,7 @@ pub struct ServeArgs {
 
     /// Masks RTP/UDP targets must fall in (repeatable), so the daemon cannot be made a UDP reflector.
     /// Default: loopback only.
-    #[arg(long = "rtp-allow", value_name = "CIDR", value_parser = crate::auth::parse_mask)]
+    #[arg(long = "rtp-allow", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
     pub rtp_allow: Vec<ipnet::IpNet>,
 
     /// Directory for persistent state (token sessions). Created if missing.
@@ -219,7 +219,7 @@ impl Default for ServeArgs {
     }
 }
 
-/// Validated configuration handed to [`crate::app`].
+/// Validated configuration handed to [`crate::control::app`].
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -344,23 +344,23 @@ impl Config {
             },
             token_server: a.token_server,
             api_allow: if a.api_allow.is_empty() {
-                crate::auth::loopback_masks()
+                crate::control::auth::loopback_masks()
             } else {
                 a.api_allow
             },
             trusted_proxy: a.trusted_proxy,
             rtp_allow: if a.rtp_allow.is_empty() {
-                crate::auth::loopback_masks()
+                crate::control::auth::loopback_masks()
             } else {
                 a.rtp_allow.clone()
             },
             rtp_targets: {
                 let allow = if a.rtp_allow.is_empty() {
-                    crate::auth::loopback_masks()
+                    crate::control::auth::loopback_masks()
                 } else {
                     a.rtp_allow.clone()
                 };
-                crate::rtp::validate_targets(&a.rtp_target, &allow)
+                crate::stream::rtp::validate_targets(&a.rtp_target, &allow)
                     .map_err(|e| format!("--rtp-target: {}", e.message))?;
                 a.rtp_target.clone()
             },

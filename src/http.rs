@@ -5,7 +5,7 @@
 //! body is never polled, so nothing else could; socket options (TCP_NODELAY for latency, an optional
 //! SO_SNDBUF cap) are set per connection; shutdown ends endless media responses instead of waiting for them;
 //! and watchers, nearly every connection a busy server has, skip hyper: the loop reads each connection's first
-//! request head itself (`sniff`), serves a plain `GET /live/{name}` with [`egress::serve_raw`], and hands
+//! request head itself (`sniff`), serves a plain `GET /live/{name}` with [`progressive::serve_raw`], and hands
 //! everything else to hyper with the bytes it read replayed (`Prefixed`).
 
 use std::net::SocketAddr;
@@ -25,9 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::app::AppState;
-use crate::egress;
+use crate::control::app::AppState;
 use crate::error::Error;
+use crate::output::progressive;
 use crate::source::push;
 
 /// A request head must arrive within this, so idle or slowloris connections do not pile up.
@@ -79,21 +79,21 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/live/{name}",
-            get(egress::watch)
-                .head(egress::watch)
+            get(progressive::watch)
+                .head(progressive::watch)
                 .put(push::push)
                 .post(push::push),
         )
-        .route("/", get(crate::web::status))
-        .route("/watch/{name}", get(crate::web::watch_page))
-        .route("/metrics", get(crate::metrics::scrape))
-        .merge(crate::api::router(state.clone()))
+        .route("/", get(crate::control::web::status))
+        .route("/watch/{name}", get(crate::control::web::watch_page))
+        .route("/metrics", get(crate::control::metrics::scrape))
+        .merge(crate::control::api::router(state.clone()))
         .fallback(|| async { Error::not_found("no such route") })
         .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled. A connection whose first request is
-/// `GET /live/{name}` is served by [`egress::serve_raw`] on the bare socket; every other goes to hyper.
+/// `GET /live/{name}` is served by [`progressive::serve_raw`] on the bare socket; every other goes to hyper.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -273,8 +273,8 @@ async fn watch_raw(
     headers: &HeaderMap,
     info: ConnInfo,
 ) {
-    match egress::admit(state, name, token, headers, Some(info.peer), info.kill).await {
-        Ok(admitted) => egress::serve_raw(stream, admitted, name).await,
+    match progressive::admit(state, name, token, headers, Some(info.peer), info.kill).await {
+        Ok(admitted) => progressive::serve_raw(stream, admitted, name).await,
         Err(e) => {
             let response = e.into_response();
             let (parts, body) = response.into_parts();

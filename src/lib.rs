@@ -3,51 +3,36 @@
 //! is fanned out as live WebM to any number of HTTP clients.
 //!
 //! # Layout
-//! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside.
+//! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside. Config,
+//! error kinds and templates sit at the bottom: everything may use them, they use nothing above.
 //!
-//! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, typefind, feeding,
-//!   continuation pieces, the push summary); `source::pipeline` demuxes/decodes one source and converts it to
-//!   its stream's caps; `source::detect` typefinds.
+//! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,
+//!   continuation pieces, the push summary); the source task typefinds (`source::detect`) and owns
+//!   `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps.
 //! - [`stream`]: a stream's life (state, the switch between sources and the fallback, linger, end);
 //!   `stream::output` its own pipeline (per-track appsrc → encoder or passthrough → writer, RTP tap);
-//!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time; `stream::attach` what a stream knows of its source;
-//!   `stream::registry` name → stream, name rules, 503 on too many.
-//! - [`writer`]: live WebM writer that emits blocks in arrival order (no interleaving wait).
-//! - [`webm`]: scanner that cuts muxer output into header and per-block chunks, finding join points.
-//! - [`hub`]: per-stream fan-out: ring of shared chunks, join points, reader cursors, skip and reap.
-//! - [`fanout`]: fan-out threads that write new chunks straight to caught-up watchers' sockets.
-//! - [`egress`]: `GET`/`HEAD /live/{name}`: a client's endless WebM response, on the bare socket or through hyper.
-//! - [`rtp`]: RTP/UDP rebroadcast through rtpbin: targets changeable at runtime, SDP for receivers.
-//! - [`app`]: shared state, startup checks (templates, token store, listener), the server task.
+//!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time;
+//!   `stream::attach` what a stream knows of its source; `stream::writer` the live WebM writer (blocks in
+//!   arrival order); `stream::webm` the WebM scanner and builders; `stream::hub` the ring of chunks, join
+//!   points, reader cursors, skip and reap; `stream::registry` name → stream, name rules, 503 on too many.
+//! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`) and `output::fanout`
+//!   (threads writing to caught-up viewers' sockets). The RTP/UDP rebroadcast is a tap on the stream's encoded
+//!   tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime, SDP).
+//! - [`control`]: `control::app` (shared state, startup, the stream factory), `control::api` (`/api/v1`,
+//!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web`.
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
 //!   connection whose first request is a watch skips hyper).
-//! - [`api`]: the control API (`/api/v1` streams and tokens; `api::compat` for soup-transcoding-proxy's
-//!   query strings); `api::dto` holds its JSON wire types.
-//! - [`auth`]: address masks, the caller behind trusted proxies, token secrets.
-//! - [`tokens`]: token server sessions, persisted atomically under `--state-dir`.
-//! - [`metrics`]: `/metrics` in Prometheus text, computed at scrape time.
-//! - [`web`]: the status page (`/`) and the watch page (`/watch/{name}`), server-rendered HTML.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with.
 //! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
 
-pub mod api;
-pub mod app;
-pub mod auth;
 pub mod config;
-pub mod egress;
+pub mod control;
 pub mod error;
-pub mod fanout;
 pub mod http;
-pub mod hub;
 pub mod launchline;
-pub mod metrics;
-pub mod rtp;
+pub mod output;
 pub mod source;
 pub mod stream;
 pub mod templates;
-pub mod tokens;
-pub mod web;
-pub mod webm;
-pub mod writer;

@@ -92,6 +92,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             on_signal.cancel();
         });
-        transcast::app::run(config, shutdown).await.context("transcast serve")
+        transcast::control::app::run(config, shutdown).await.context("transcast serve")
     })
 }

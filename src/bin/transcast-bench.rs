@@ -23,7 +23,7 @@ use gstreamer as gst;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use transcast::webm::{Event, Scanner, TrackKind};
+use transcast::stream::webm::{Event, Scanner, TrackKind};
 
 /// A read gap longer than this while the stream is live counts as a stall.
 const STALL: Duration = Duration::from_secs(1);

@@ -26,11 +26,11 @@ use gstreamer as gst;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::control::tokens::Session;
 use crate::error::Error;
 use crate::stream::attach::{End, Feed, Feeder};
 use crate::stream::{Detach, SourceInfo, Stream};
 use crate::templates::Templates;
-use crate::tokens::Session;
 use detect::{Detected, Probe};
 use pipeline::SourcePipeline;
 
@@ -188,7 +188,7 @@ async fn typefind(
     };
     let (detected, complete) = detected;
     if let Some(s) = &ctx.session
-        && !s.allows_input(detected.container)
+        && !s.allows_input(detected.container.name())
     {
         return Err(Error::unsupported(format!(
             "session '{}' may push only {}; this input is {}",

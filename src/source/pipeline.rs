@@ -10,7 +10,7 @@
 //!
 //! The first video and first audio track are used; others (and subtitles) go to a fakesink so they never
 //! stall the demuxer as not-linked. What the stream does with each track ([`Offer`]) is the stream's
-//! decision. Buffers are paced here ([`crate::pacing`]) in stream time, holding this pipeline's streaming
+//! decision. Buffers are paced here ([`crate::stream::pacing`]) in stream time, holding this pipeline's streaming
 //! thread, which backs up into the appsrc and throttles the sender through TCP. All callbacks hold weak
 //! references to the pipeline (a strong one would be a cycle), and none may panic: a failure becomes an
 //! error message on this pipeline's bus, so it ends this source only.
@@ -24,9 +24,9 @@ use gstreamer_app as gst_app;
 use crate::error::{Error, Kind, Result};
 use crate::source::detect::Detected;
 use crate::stream::pacing::Pacer;
+use crate::stream::webm::TrackKind;
 use crate::stream::{Offer, Stamp, Stream};
 use crate::templates::{Part, Templates};
-use crate::webm::TrackKind;
 
 /// Input bytes queued in the appsrc before the push stops reading the socket: a few hundred ms of a
 /// typical upload, small enough that pacing throttles the sender quickly.

@@ -29,15 +29,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::app::AppState;
-use crate::auth;
+use crate::control::app::AppState;
+use crate::control::auth;
+use crate::control::tokens::Session;
 use crate::error::{Error, Kind, Result};
 use crate::http::ConnInfo;
 use crate::source::SourceContext;
 use crate::stream::attach::{End, Feed, Feeder};
 use crate::stream::registry;
 use crate::stream::{Mode, Stream};
-use crate::tokens::Session;
 
 /// After an error, read at most this much of the rest of the upload before closing ...
 pub const DRAIN_MAX_BYTES: usize = 1 << 20;

@@ -22,10 +22,14 @@
 //! never held across an await. Buffers are handed to the output's appsrcs under `inner`: that only queues.
 
 pub mod attach;
+pub mod hub;
 pub mod output;
 pub mod pacing;
 pub mod registry;
+pub mod rtp;
 pub mod slate;
+pub mod webm;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{EncodeSettings, Fallback};
 use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::webm::TrackKind;
+use crate::stream::hub::Hub;
+use crate::stream::webm::TrackKind;
 use attach::{End, Feeder};
 use output::{Output, TrackInput, TrackOut};
 use registry::{Rates, Reservation};
@@ -293,7 +297,7 @@ impl Stream {
         self.output.frames_dropped()
     }
 
-    pub fn rtp(&self) -> &crate::rtp::RtpOutput {
+    pub fn rtp(&self) -> &crate::stream::rtp::RtpOutput {
         &self.output.rtp
     }
 

@@ -22,12 +22,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Muxer;
 use crate::error::{Error, Result};
-use crate::hub::{Hub, Publisher};
-use crate::rtp::RtpOutput;
+use crate::stream::hub::{Hub, Publisher};
 use crate::stream::pacing::{MAX_ENCODE_LATENESS, Pacer};
+use crate::stream::rtp::RtpOutput;
+use crate::stream::webm::TrackKind;
+use crate::stream::writer::WebmWriter;
 use crate::templates::{Part, Templates};
-use crate::webm::TrackKind;
-use crate::writer::WebmWriter;
 
 /// Application message the appsink posts when the muxer output is complete.
 pub const OUTPUT_EOS: &str = "transcast-output-eos";

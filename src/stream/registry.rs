@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::Stream;
 use crate::error::{Error, Result};
-use crate::metrics::Totals;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Stream names: what fits a URL path segment and a GStreamer object name unescaped.
 pub const NAME_MAX_LEN: usize = 64;
@@ -66,6 +67,56 @@ pub async fn sample_rates(entry: Weak<Stream>) {
             };
         }
         last = Some((now, bytes_in, bytes_out, media));
+    }
+}
+
+/// Counters of streams that have ended (live streams are summed at scrape time).
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub streams: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub clients: AtomicU64,
+    pub clients_dropped: AtomicU64,
+    pub pipeline_errors: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub failovers: AtomicU64,
+    pub resumes: AtomicU64,
+    pub continuations: AtomicU64,
+    pub fallback_ms: AtomicU64,
+}
+
+/// The ended streams' counters at one moment (see [`Registry::snapshot`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TotalsSnapshot {
+    pub streams: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub clients: u64,
+    pub clients_dropped: u64,
+    pub pipeline_errors: u64,
+    pub frames_dropped: u64,
+    pub failovers: u64,
+    pub resumes: u64,
+    pub continuations: u64,
+    pub fallback_seconds: f64,
+}
+
+impl Totals {
+    pub fn snapshot(&self) -> TotalsSnapshot {
+        TotalsSnapshot {
+            streams: self.streams.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            clients: self.clients.load(Relaxed),
+            clients_dropped: self.clients_dropped.load(Relaxed),
+            pipeline_errors: self.pipeline_errors.load(Relaxed),
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            failovers: self.failovers.load(Relaxed),
+            resumes: self.resumes.load(Relaxed),
+            continuations: self.continuations.load(Relaxed),
+            fallback_seconds: self.fallback_ms.load(Relaxed) as f64 / 1000.0,
+        }
     }
 }
 
@@ -166,7 +217,7 @@ impl Registry {
 
     /// Live streams and the ended-stream totals, read under the lock that folds one into the other, so a
     /// counter summed from both never goes backwards.
-    pub fn snapshot(&self) -> (Vec<Arc<Stream>>, crate::metrics::TotalsSnapshot) {
+    pub fn snapshot(&self) -> (Vec<Arc<Stream>>, TotalsSnapshot) {
         let streams = self.streams.lock().unwrap();
         (streams.values().cloned().collect(), self.totals.snapshot())
     }

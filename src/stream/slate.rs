@@ -14,7 +14,7 @@ use gstreamer_app as gst_app;
 
 use super::{AUDIO_CHANNELS, AUDIO_RATE, Stream};
 use crate::error::{Error, Result};
-use crate::webm::TrackKind;
+use crate::stream::webm::TrackKind;
 
 /// Tick of an audio-only stream's slate.
 const AUDIO_TICK: Duration = Duration::from_millis(40);

@@ -35,7 +35,7 @@ pub fn init() {
 /// A daemon in this process, stopped on drop.
 pub struct Server {
     pub addr: SocketAddr,
-    pub state: Arc<transcast::app::AppState>,
+    pub state: Arc<transcast::control::app::AppState>,
     shutdown: CancellationToken,
     /// The state directory, unless the caller chose one.
     _state_dir: Option<tempfile::TempDir>,
@@ -66,7 +66,7 @@ impl Server {
         let own_dir = args.state_dir == state_dir.path();
         let config = Config::from_args(args).unwrap();
         let shutdown = CancellationToken::new();
-        let running = transcast::app::start(config, shutdown.clone()).await?;
+        let running = transcast::control::app::start(config, shutdown.clone()).await?;
         Ok(Server {
             addr: running.addr,
             state: running.state,

@@ -131,7 +131,7 @@ pub struct TokenCreated {
 #[derive(Debug, Serialize)]
 pub struct TokenInfo {
     pub session_id: String,
-    pub origin: crate::tokens::Origin,
+    pub origin: crate::control::tokens::Origin,
     pub inputs: Vec<String>,
     pub outputs: OutputsInfo,
     pub expires_at: Option<String>,

@@ -20,9 +20,9 @@
 use bytes::{Bytes, BytesMut};
 use gstreamer as gst;
 
-use crate::hub::Publisher;
-use crate::webm::build::{element, float, open, string, uint};
-use crate::webm::{ScanError, TrackKind};
+use crate::stream::hub::Publisher;
+use crate::stream::webm::build::{element, float, open, string, uint};
+use crate::stream::webm::{ScanError, TrackKind};
 
 /// Blocks held while waiting for the last track's caps; past this the header goes out without that track.
 pub const MAX_HELD: usize = 512;
@@ -320,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn audio_before_the_first_picture_reaches_readers_from_the_start() {
         use crate::config::JoinMode;
-        use crate::hub::{Hub, HubConfig};
+        use crate::stream::hub::{Hub, HubConfig};
         use std::time::Duration;
 
         gst::init().unwrap();
@@ -393,9 +393,9 @@ mod tests {
             .unwrap();
         // Every audio block and every picture, parsed back.
         let mut blocks = Vec::new();
-        let mut sc = crate::webm::Scanner::new();
+        let mut sc = crate::stream::webm::Scanner::new();
         sc.push(&got, |ev| {
-            if let crate::webm::Event::Chunk(c) = ev {
+            if let crate::stream::webm::Event::Chunk(c) = ev {
                 blocks.push((c.block.track, c.block.keyframe));
             }
         })

@@ -60,7 +60,7 @@ pub fn validate_targets(targets: &[SocketAddr], allow: &[ipnet::IpNet]) -> Resul
                 "RTP target {t}: the port must be 1..65532 (P to P+3 are used)"
             )));
         }
-        if !crate::auth::allowed(allow, t.ip()) {
+        if !crate::control::auth::allowed(allow, t.ip()) {
             return Err(Error::forbidden(format!(
                 "RTP target {t} is outside --rtp-allow; the daemon only sends UDP where it is allowed to"
             )));
@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn targets_must_be_allowed_and_leave_room_for_four_ports() {
-        let allow = crate::auth::loopback_masks();
+        let allow = crate::control::auth::loopback_masks();
         assert!(validate_targets(&["127.0.0.1:5000".parse().unwrap()], &allow).is_ok());
         let e = validate_targets(&["10.0.0.1:5000".parse().unwrap()], &allow).unwrap_err();
         assert_eq!(e.kind, crate::error::Kind::Forbidden);

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Kind, Result};
-use crate::source::detect::Container;
 
 pub const STATE_FILE: &str = "tokens.json";
 const STATE_VERSION: u32 = 1;
@@ -69,10 +68,11 @@ impl Session {
 
     /// Whether this session may push input of `container`. `matroska` admits WebM (a Matroska profile), `any`
     /// admits everything.
-    pub fn allows_input(&self, container: Container) -> bool {
-        self.inputs.iter().any(|k| {
-            k == "any" || k == container.name() || (k == "matroska" && container == Container::Webm)
-        })
+    /// Whether the session may push a container family (`mp4`, `webm`...; `matroska` covers `webm`).
+    pub fn allows_input(&self, container: &str) -> bool {
+        self.inputs
+            .iter()
+            .any(|k| k == "any" || k == container || (k == "matroska" && container == "webm"))
     }
 }
 
@@ -231,7 +231,7 @@ mod tests {
             },
             expires_at: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
-            push_key_sha256: Some(crate::auth::hash_secret("k")),
+            push_key_sha256: Some(crate::control::auth::hash_secret("k")),
             view_key_sha256: None,
         }
     }
@@ -270,12 +270,12 @@ mod tests {
     #[test]
     fn input_rules() {
         let mut s = session("x");
-        assert!(s.allows_input(Container::Mp4));
-        assert!(!s.allows_input(Container::Webm));
+        assert!(s.allows_input("mp4"));
+        assert!(!s.allows_input("webm"));
         s.inputs = vec!["matroska".into()];
-        assert!(s.allows_input(Container::Webm));
+        assert!(s.allows_input("webm"));
         s.inputs = vec!["any".into()];
-        assert!(s.allows_input(Container::Flv));
+        assert!(s.allows_input("flv"));
         assert!(validate_inputs(&["mp4".into(), "any".into()]).is_ok());
         assert!(validate_inputs(&["mkv".into()]).is_err());
         assert!(validate_inputs(&[]).is_err());

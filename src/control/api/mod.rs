@@ -19,13 +19,13 @@ use axum::{Json, Router};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::app::AppState;
-use crate::auth;
+use crate::control::app::AppState;
+use crate::control::auth;
+use crate::control::tokens::{self, Origin, Outputs, Session};
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
 use crate::stream::Stream;
 use crate::stream::registry as streams;
-use crate::tokens::{self, Origin, Outputs, Session};
 use dto::*;
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -89,7 +89,7 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
     let tracks = e.hub.tracks();
     let video = tracks
         .iter()
-        .find(|t| t.kind == crate::webm::TrackKind::Video);
+        .find(|t| t.kind == crate::stream::webm::TrackKind::Video);
     let mode = e.mode();
     let source = e.source();
     let attached = e.has_source();
@@ -267,9 +267,9 @@ fn token_info(app: &AppState, s: &Session) -> TokenInfo {
 pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
     let parsed = targets
         .iter()
-        .map(|t| crate::rtp::parse_target(t))
+        .map(|t| crate::stream::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
-    crate::rtp::validate_targets(&parsed, &app.config.rtp_allow)?;
+    crate::stream::rtp::validate_targets(&parsed, &app.config.rtp_allow)?;
     Ok(parsed)
 }
 
@@ -298,7 +298,7 @@ async fn put_rtp(
 ) -> Result<Json<RtpTargets>> {
     let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
     let shared = rtp_of(&app, &name)?;
-    let targets = crate::rtp::merge_targets(&[], parse_rtp_targets(&app, &req.targets)?);
+    let targets = crate::stream::rtp::merge_targets(&[], parse_rtp_targets(&app, &req.targets)?);
     shared.rtp().set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets replaced");
     Ok(targets_json(&targets))
@@ -316,7 +316,7 @@ async fn patch_rtp(
     let remove = req
         .remove
         .iter()
-        .map(|t| crate::rtp::parse_target(t))
+        .map(|t| crate::stream::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
     let kept: Vec<_> = shared
         .rtp()
@@ -324,7 +324,7 @@ async fn patch_rtp(
         .into_iter()
         .filter(|t| !remove.contains(t))
         .collect();
-    let targets = crate::rtp::merge_targets(&kept, add);
+    let targets = crate::stream::rtp::merge_targets(&kept, add);
     shared.rtp().set_targets(targets.clone());
     tracing::info!(stream = %name, ?targets, "RTP targets edited");
     Ok(targets_json(&targets))
@@ -338,7 +338,7 @@ async fn stream_sdp(
 ) -> Result<Response> {
     let shared = rtp_of(&app, &name)?;
     let target = match q.get("target") {
-        Some(t) => crate::rtp::parse_target(t)?,
+        Some(t) => crate::stream::rtp::parse_target(t)?,
         None => *shared
             .rtp()
             .targets()

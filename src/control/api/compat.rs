@@ -22,10 +22,10 @@ use axum::{Json, Router};
 use time::OffsetDateTime;
 
 use super::dto::{CompatOk, CompatStream, CompatToken};
-use crate::app::AppState;
+use crate::control::app::AppState;
+use crate::control::tokens::{Origin, Outputs, Session};
 use crate::error::{Error, Result};
 use crate::stream::registry as streams;
-use crate::tokens::{Origin, Outputs, Session};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()

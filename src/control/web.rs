@@ -16,8 +16,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::dto::StreamInfo;
-use crate::app::AppState;
+use crate::control::api::dto::StreamInfo;
+use crate::control::app::AppState;
 use crate::error::{Error, Result};
 use crate::stream::registry as streams;
 
@@ -203,7 +203,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Response {
         .iter()
         .filter(|e| public(&app, &e.name) && e.hub.has_header())
     {
-        cards.push_str(&card(&crate::api::stream_info(e), e.started_at));
+        cards.push_str(&card(&crate::control::api::stream_info(e), e.started_at));
     }
     let mut body = String::from("<main>");
     if cards.is_empty() {
@@ -252,7 +252,7 @@ pub async fn watch_page(
         .get(&name)
         .filter(|e| public(&app, &e.name))
         .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
-    let info = crate::api::stream_info(&e);
+    let info = crate::control::api::stream_info(&e);
     let muted = if query.get("muted").is_some_and(|v| v == "1") {
         " muted"
     } else {

@@ -8,8 +8,8 @@
 //!                        client task: resumes at its cursor (and the rest of a half-written chunk)
 //! ```
 //!
-//! A client task (`egress::serve_raw`) parks its socket here when its last batch is written and its cursor is
-//! the head ([`crate::hub::Subscription::park`], under the hub's lock, so no publication slips in between). A
+//! A client task (`progressive::serve_raw`) parks its socket here when its last batch is written and its cursor is
+//! the head ([`crate::stream::hub::Subscription::park`], under the hub's lock, so no publication slips in between). A
 //! shard then writes each new chunk to every parked socket in one non-blocking `writev` per client, as Icecast
 //! writes to its listeners from one loop: at 1000 clients that is two woken threads per chunk instead of 1000
 //! tasks. A socket that cannot take everything at once goes back to its task, which waits for the socket like
@@ -29,7 +29,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::hub::{ClientShared, Hub};
+use crate::stream::hub::{ClientShared, Hub};
 
 /// Most iovecs per `writev` (the kernel takes 1024; a batch is rarely more than a few chunks).
 pub const MAX_IOVECS: usize = 64;
@@ -99,7 +99,7 @@ impl Shard {
     /// thread's first pass sees it.
     ///
     /// A thread of its own rather than a tokio task: a pass over thousands of sockets takes milliseconds, and
-    /// on a worker it would hold up everything queued behind it there (the stream's own ingest, new clients),
+    /// on a worker it would hold up everything queued behind it there (the stream's sources, new clients),
     /// while the kernel preempts a thread.
     pub fn ensure_running(&self, hub: &Arc<Hub>, index: usize) {
         if self.started.swap(true, Ordering::AcqRel) {

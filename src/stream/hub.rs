@@ -12,7 +12,7 @@
 //! a keyframe), and a reader that has not caught up with the live edge for `max_lag` is disconnected by the
 //! reaper, which also covers readers that never read at all (their body is never polled).
 //!
-//! A raw reader that has caught up hands its socket to the stream's fan-out threads ([`crate::fanout`]), which
+//! A raw reader that has caught up hands its socket to the stream's fan-out threads ([`crate::output::fanout`]), which
 //! write new chunks to it directly until it falls behind, and hand it back.
 //!
 //! Lock order: `inner` and `clients` are never held together; neither is held across an await or a push.
@@ -31,8 +31,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
-use crate::fanout::{self, Parked, Resume, Snapshot};
-use crate::webm::{self, Chunk, TrackInfo, TrackKind};
+use crate::output::fanout::{self, Parked, Resume, Snapshot};
+use crate::stream::webm::{self, Chunk, TrackInfo, TrackKind};
 
 /// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
 /// keyframe, while a stream can never hold more than this.
@@ -727,7 +727,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webm::build::*;
+    use crate::stream::webm::build::*;
 
     fn hub(join: JoinMode, max_lag_ms: u64) -> Arc<Hub> {
         Hub::new(

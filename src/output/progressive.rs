@@ -25,12 +25,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::auth;
+use crate::control::app::AppState;
+use crate::control::auth;
 use crate::error::{Error, Result};
-use crate::fanout::MAX_IOVECS;
 use crate::http::ConnInfo;
-use crate::hub::{SubscribeError, Subscription};
+use crate::output::fanout::MAX_IOVECS;
+use crate::stream::hub::{SubscribeError, Subscription};
 use crate::stream::registry as streams;
 
 /// How long a client of a stream that is still starting (typefind, first keyframe) waits for its header.

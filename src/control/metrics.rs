@@ -2,7 +2,7 @@
 //! streams that have ended. No label carries a stream name, so cardinality stays bounded whatever is pushed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -13,58 +13,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::app::AppState;
+use crate::control::app::AppState;
 use crate::stream::Mode;
-
-/// Counters of streams that have ended (live streams are summed at scrape time).
-#[derive(Debug, Default)]
-pub struct Totals {
-    pub streams: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub clients: AtomicU64,
-    pub clients_dropped: AtomicU64,
-    pub pipeline_errors: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub failovers: AtomicU64,
-    pub resumes: AtomicU64,
-    pub continuations: AtomicU64,
-    pub fallback_ms: AtomicU64,
-}
-
-/// The ended streams' counters at one moment (see [`crate::stream::registry::Registry::snapshot`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TotalsSnapshot {
-    pub streams: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub clients: u64,
-    pub clients_dropped: u64,
-    pub pipeline_errors: u64,
-    pub frames_dropped: u64,
-    pub failovers: u64,
-    pub resumes: u64,
-    pub continuations: u64,
-    pub fallback_seconds: f64,
-}
-
-impl Totals {
-    pub fn snapshot(&self) -> TotalsSnapshot {
-        TotalsSnapshot {
-            streams: self.streams.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            clients: self.clients.load(Relaxed),
-            clients_dropped: self.clients_dropped.load(Relaxed),
-            pipeline_errors: self.pipeline_errors.load(Relaxed),
-            frames_dropped: self.frames_dropped.load(Relaxed),
-            failovers: self.failovers.load(Relaxed),
-            resumes: self.resumes.load(Relaxed),
-            continuations: self.continuations.load(Relaxed),
-            fallback_seconds: self.fallback_ms.load(Relaxed) as f64 / 1000.0,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct StateCollector(std::sync::Weak<AppState>);

@@ -8,15 +8,15 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::FailureLog;
 use crate::config::Config;
+use crate::control::auth::FailureLog;
+use crate::control::tokens::{Session, TokenStore};
 use crate::error::{Error, Result};
-use crate::hub::{Hub, HubConfig};
+use crate::stream::hub::{Hub, HubConfig};
 use crate::stream::output::{Output, OutputContext};
 use crate::stream::registry::Registry;
 use crate::stream::{Stream, StreamSettings};
 use crate::templates::Templates;
-use crate::tokens::{Session, TokenStore};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl AppState {
                 coalesce: cfg.coalesce,
             },
         );
-        let rtp_targets = crate::rtp::merge_targets(
+        let rtp_targets = crate::stream::rtp::merge_targets(
             &cfg.rtp_targets,
             session
                 .iter()
@@ -118,7 +118,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: Default::default(),
         config,
     });
-    let _ = state.metrics.set(crate::metrics::registry(&state));
+    let _ = state.metrics.set(crate::control::metrics::registry(&state));
     let router = crate::http::router(state.clone());
     let task = tokio::spawn(crate::http::serve(
         listener,
