@@ -486,3 +486,75 @@ async fn flapping_source_keeps_every_viewer_and_leaks_nothing() {
     }
     server.wait_gone("flap").await;
 }
+
+/// A passthrough stream (VP8 from WebM, written as it came) falls back to a slate encoded in VP8, takes the
+/// same source back at its first keyframe with the input's own payloads, and then takes a source in another
+/// format (H.264 in MPEG-TS), encoded into VP8 at the stream's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_stream_falls_back_and_takes_sources_back() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = Fallback::Slate;
+        a.resume_grace = 0.5;
+    })
+    .await;
+    let url = server.url("pass");
+    let first = long_clip("webm");
+    let mut sock = raw_push(&server, "pass").await;
+    let viewer = tokio::spawn({
+        let url = url.clone();
+        async move { capture(open_watch(&url).await, Duration::from_secs(60)).await }
+    });
+    for c in chunk(&first, 16 << 10).into_iter().take(6) {
+        send_chunk(&mut sock, &c).await;
+    }
+    wait_state(&server, "pass", "live", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v = stream_json(&server, "pass").await;
+    assert_eq!(v["output"]["codecs"][0], "vp8", "{v}");
+    drop(sock);
+    wait_state(&server, "pass", "fallback", Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The same kind of source again: spliced at its first keyframe, not re-encoded.
+    let again = media(Media::WebmVp8Vorbis);
+    let mut sock = raw_push(&server, "pass").await;
+    for c in chunk(&again, 16 << 10) {
+        send_chunk(&mut sock, &c).await;
+    }
+    let v = wait_state(&server, "pass", "live", Duration::from_secs(5)).await;
+    assert_eq!(v["resumes"], 1, "{v}");
+    // Cut before its end (no terminator), so the stream falls back again instead of ending.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(sock);
+    wait_state(&server, "pass", "fallback", Duration::from_secs(5)).await;
+
+    // Another format: H.264 in MPEG-TS, encoded into the stream's VP8 at its size.
+    let r = push(&url, media(Media::MpegTs), false).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let (body, clean) = viewer.await.unwrap();
+    assert!(clean);
+    assert_eq!(ebml_headers(&body), 1);
+    let d = decode(&body);
+    assert_eq!((d.width, d.height), (320, 240));
+    assert!(d.video_pts_monotonic, "{d:?}");
+
+    // The resumed WebM's pictures are the input's own, byte for byte, from its first keyframe on.
+    let out = demux(&body, "matroskademux").video.unwrap();
+    let inn = demux(&again, "matroskademux").video.unwrap();
+    let payloads: Vec<&bytes::Bytes> = out.buffers.iter().map(|b| &b.2).collect();
+    let start = payloads
+        .iter()
+        .position(|p| **p == inn.buffers[0].2)
+        .expect("the resumed source's first keyframe is in the output as it came");
+    let spliced = inn
+        .buffers
+        .iter()
+        .zip(&payloads[start..])
+        .take_while(|(i, o)| i.2 == ***o)
+        .count();
+    assert!(
+        spliced >= 30,
+        "{spliced} pictures passed through as they came"
+    );
+}

@@ -1,6 +1,6 @@
 //! transcast-bench: load generator and meter for the fan-out and transcode paths (loopback only).
 //!
-//! Starts a `transcast serve` child, pushes real-time-paced streams (WebM for passthrough, MPEG-TS for
+//! Starts a `transcast serve` child, pushes real-time-paced streams (VP8+Opus WebM for passthrough, MPEG-TS for
 //! transcode; made with GStreamer test sources), ramps GET clients at a bounded rate for a bounded time, and
 //! measures per received block: time to first byte and to the first video keyframe, push→client latency
 //! (from block timestamps against the push schedule; blocks that existed before a client joined are counted
@@ -133,7 +133,7 @@ fn make_media(mode: Mode, seconds: u64, size: &str, kbps: u32) -> anyhow::Result
     let o = out.display();
     let launch = match mode {
         Mode::Passthrough => format!(
-            "{v} ! vp8enc deadline=1 cpu-used=16 keyframe-max-dist=30 target-bitrate={}000 end-usage=cbr ! webmmux name=m ! filesink location={o} {a} ! vorbisenc ! m.",
+            "{v} ! vp8enc deadline=1 cpu-used=16 keyframe-max-dist=30 target-bitrate={}000 end-usage=cbr ! webmmux name=m ! filesink location={o} {a} ! audioresample ! opusenc ! m.",
             kbps
         ),
         Mode::Transcode => format!(

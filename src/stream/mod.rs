@@ -14,9 +14,11 @@
 //!
 //! The switch happens on raw media before the stream's encoders ([`output`]), so encoders, writer and hub
 //! never restart and every source is scaled and converted to the stream's caps. A passthrough stream (its
-//! first source's tracks were written as they came) takes back only a source whose tracks are identical, at
-//! a keyframe; it has no slate (it cannot encode one in its source's codecs), so it ends when its source is
-//! lost.
+//! first source's VP8/VP9/Opus tracks written as they came) takes back a source whose tracks are identical at
+//! a keyframe, payloads untouched; for its slate, and for a returning source in another format, each such
+//! track has a re-encoder into its own codec at its own size ([`output::Reencoder`]), so it stays a valid
+//! stream under the one header. Vorbis cannot be re-encoded compatibly (its codec headers are the encoder's
+//! own), so with a slate configured a stream re-encodes Vorbis audio from the start.
 //!
 //! Lock order: `inner`, then the output's writer lock (taken by GStreamer while adding tracks); `inner` is
 //! never held across an await. Buffers are handed to the output's appsrcs under `inner`: that only queues.
@@ -159,15 +161,61 @@ pub struct Counters {
 #[derive(Debug)]
 struct Track {
     out: TrackOut,
+    /// For a passthrough track: raw media (the slate, a source in another format) encoded into its codec.
+    reencoder: Option<output::Reencoder>,
     /// Stream time of the last buffer and of its end.
     last_pts: Option<u64>,
     end: u64,
+}
+
+impl Track {
+    fn new(out: TrackOut) -> Track {
+        Track {
+            out,
+            reencoder: None,
+            last_pts: None,
+            end: 0,
+        }
+    }
+
+    /// The raw caps the track takes: a transcoded track's, or its re-encoder's.
+    fn raw_caps(&self) -> Option<&gst::Caps> {
+        match &self.out.input {
+            TrackInput::Raw(c) => Some(c),
+            TrackInput::Encoded(_) => self.reencoder.as_ref().map(|r| &r.caps),
+        }
+    }
+
+    /// Where raw media for the track goes.
+    fn raw_input(&self) -> Option<output::TrackInputHandle> {
+        match &self.out.input {
+            TrackInput::Raw(_) => Some(self.out.input()),
+            TrackInput::Encoded(_) => self.reencoder.as_ref().map(|r| r.input()),
+        }
+    }
+
+    fn force_keyframe(&self) {
+        self.out.force_keyframe();
+        if let Some(r) = &self.reencoder {
+            r.force_keyframe();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Current {
     feeder: Arc<Feeder>,
     info: SourceInfo,
+    /// Kinds whose raw media goes through the track's re-encoder (a passthrough stream taking a source in
+    /// another format).
+    reencoded: Vec<TrackKind>,
+}
+
+impl Current {
+    /// Whether this source's `kind` track goes on as raw media (converted and encoded by the stream).
+    fn raw(&self, track: &Track) -> bool {
+        matches!(track.out.input, TrackInput::Raw(_)) || self.reencoded.contains(&track.out.kind)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -370,7 +418,11 @@ impl Stream {
             old.feeder.gone.cancel();
         }
         inner.on_air = None;
-        inner.current = Some(Current { feeder, info });
+        inner.current = Some(Current {
+            feeder,
+            info,
+            reencoded: Vec::new(),
+        });
         Ok(())
     }
 
@@ -398,10 +450,12 @@ impl Stream {
             if inner.tracks_open {
                 return Offer::Discard(format!("the stream has its {kind:?} track already"));
             }
-            return match &t.out.input {
-                TrackInput::Raw(c) => Offer::Raw(c.clone()),
-                TrackInput::Encoded(c) if passthrough && same_track(c, caps) => Offer::Encoded,
-                TrackInput::Encoded(c) => Offer::Refuse(Error::unsupported(format!(
+            let offer = match (&t.out.input, &t.reencoder) {
+                (TrackInput::Raw(c), _) => Offer::Raw(c.clone()),
+                (TrackInput::Encoded(c), _) if passthrough && same_track(c, caps) => Offer::Encoded,
+                // Another format into a passthrough track: decoded, converted, encoded into its codec.
+                (TrackInput::Encoded(_), Some(r)) => Offer::Raw(r.caps.clone()),
+                (TrackInput::Encoded(c), None) => Offer::Refuse(Error::unsupported(format!(
                     "stream '{}' passes its first source's {} through; a new source must be the same \
                      (codec, size, codec headers), this one is {}",
                     self.name,
@@ -409,10 +463,22 @@ impl Stream {
                     describe(caps)
                 ))),
             };
+            if let (Offer::Raw(_), TrackInput::Encoded(_)) = (&offer, &t.out.input)
+                && let Some(c) = inner.current.as_mut()
+            {
+                c.reencoded.push(kind);
+            }
+            return offer;
         }
         if !inner.tracks_open {
             return Offer::Discard(format!("the stream has no {kind:?} track"));
         }
+        // A passthrough stream that may fall back re-encodes Vorbis audio from the start: the slate's silence
+        // must decode with the header's codec headers, and only the stream's own encoder makes those.
+        let vorbis = caps
+            .structure(0)
+            .is_some_and(|s| s.name() == "audio/x-vorbis");
+        let passthrough = passthrough && !(vorbis && self.settings.fallback == Fallback::Slate);
         let input = if passthrough {
             TrackInput::Encoded(caps.clone())
         } else {
@@ -420,11 +486,7 @@ impl Stream {
         };
         match self.output.add_track(kind, input.clone()) {
             Ok(out) => {
-                inner.tracks.push(Track {
-                    out,
-                    last_pts: None,
-                    end: 0,
-                });
+                inner.tracks.push(Track::new(out));
                 match input {
                     TrackInput::Raw(c) => Offer::Raw(c),
                     TrackInput::Encoded(_) => Offer::Encoded,
@@ -451,11 +513,7 @@ impl Stream {
         ] {
             let input = TrackInput::Raw(raw_caps(kind, &caps, &self.settings.encode));
             let out = self.output.add_track(kind, input)?;
-            inner.tracks.push(Track {
-                out,
-                last_pts: None,
-                end: 0,
-            });
+            inner.tracks.push(Track::new(out));
         }
         inner.tracks_open = false;
         self.output.tracks_complete()?;
@@ -474,6 +532,16 @@ impl Stream {
             return Ok(());
         }
         inner.tracks_open = false;
+        if self.settings.fallback == Fallback::Slate {
+            for t in inner.tracks.iter_mut() {
+                match self.output.add_reencoder(&t.out) {
+                    Ok(r) => t.reencoder = r,
+                    Err(e) => {
+                        tracing::warn!(stream = %self.name, "no re-encoder for a passthrough track: {}", e.message)
+                    }
+                }
+            }
+        }
         self.output.tracks_complete()
     }
 
@@ -491,19 +559,19 @@ impl Stream {
         let Some(pts) = buffer.pts().map(|t| t.nseconds()) else {
             return Stamp::Skip;
         };
+        let raw = current.raw(&inner.tracks[ti]);
         let offset = match inner.on_air {
             Some((on, off)) if on == id => off,
             _ => {
-                let passthrough_video = kind == TrackKind::Video
-                    && matches!(inner.tracks[ti].out.input, TrackInput::Encoded(_));
+                let passthrough_video = kind == TrackKind::Video && !raw;
                 // A passthrough stream takes a source back at a video keyframe (the first source starts
                 // with one anyway), and its audio from then on.
                 let resuming = self.state() != State::Starting;
                 let passthrough_audio_waits = kind != TrackKind::Video
-                    && inner.tracks.iter().any(|t| {
-                        t.out.kind == TrackKind::Video
-                            && matches!(t.out.input, TrackInput::Encoded(_))
-                    });
+                    && inner
+                        .tracks
+                        .iter()
+                        .any(|t| t.out.kind == TrackKind::Video && !current.raw(t));
                 let waits_for_keyframe = resuming
                     && ((passthrough_video
                         && buffer.flags().contains(gst::BufferFlags::DELTA_UNIT))
@@ -525,12 +593,12 @@ impl Stream {
         if let Some(last) = track.last_pts
             && out < last
         {
-            match track.out.input {
+            if raw {
                 // A raw frame or audio buffer from before what the stream has already shown: drop it.
-                TrackInput::Raw(_) => return Stamp::Skip,
-                // Encoded media cannot lose a packet: it is written at the track's last time instead.
-                TrackInput::Encoded(_) => out = last,
+                return Stamp::Skip;
             }
+            // Encoded media cannot lose a packet: it is written at the track's last time instead.
+            out = last;
         }
         let duration = buffer.duration().map_or(0, |d| d.nseconds());
         {
@@ -566,11 +634,13 @@ impl Stream {
         if inner.on_air.is_none_or(|(on, _)| on != id) {
             return None;
         }
-        inner
-            .tracks
-            .iter()
-            .find(|t| t.out.kind == kind)
-            .map(|t| t.out.input())
+        let current = inner.current.as_ref()?;
+        let t = inner.tracks.iter().find(|t| t.out.kind == kind)?;
+        if current.raw(t) {
+            t.raw_input()
+        } else {
+            Some(t.out.input())
+        }
     }
 
     /// A source went on air: the stream is live, and a switch is a keyframe for every encoded track.
@@ -585,12 +655,12 @@ impl Stream {
                 }
                 tracing::info!(stream = %self.name, "source resumed: back on air");
                 for t in &inner.tracks {
-                    t.out.force_keyframe();
+                    t.force_keyframe();
                 }
             }
             State::Live => {
                 for t in &inner.tracks {
-                    t.out.force_keyframe();
+                    t.force_keyframe();
                 }
             }
             State::Starting | State::Ended => {}
@@ -614,10 +684,7 @@ impl Stream {
         let can_fall_back = self.settings.fallback == Fallback::Slate
             && !inner.tracks.is_empty()
             && !inner.tracks_open
-            && inner
-                .tracks
-                .iter()
-                .all(|t| matches!(t.out.input, TrackInput::Raw(_)));
+            && inner.tracks.iter().all(|t| t.raw_caps().is_some());
         match (why, state) {
             (_, State::Ended) => {}
             (Detach::Lost, State::Live) if can_fall_back => {
@@ -625,7 +692,7 @@ impl Stream {
                 inner.fallback_since = Some(Instant::now());
                 tracing::info!(stream = %self.name, linger = ?self.settings.linger, "source lost: on the fallback");
                 for t in &inner.tracks {
-                    t.out.force_keyframe();
+                    t.force_keyframe();
                 }
                 self.set_state(State::Fallback);
                 tokio::spawn(slate::run(self.clone()));
@@ -633,7 +700,7 @@ impl Stream {
             (Detach::Lost, State::Fallback) => {}
             (Detach::Lost, _) => {
                 if state == State::Live && self.settings.fallback == Fallback::Slate {
-                    tracing::info!(stream = %self.name, "source lost; a passthrough stream has no slate: ending");
+                    tracing::info!(stream = %self.name, "source lost; its tracks cannot show a slate: ending");
                 }
                 self.set_state(State::Ended);
             }
@@ -682,10 +749,7 @@ impl Stream {
         self.inner()
             .tracks
             .iter()
-            .filter_map(|t| match &t.out.input {
-                TrackInput::Raw(c) => Some((t.out.kind, c.clone())),
-                TrackInput::Encoded(_) => None,
-            })
+            .filter_map(|t| t.raw_caps().map(|c| (t.out.kind, c.clone())))
             .collect()
     }
 
@@ -701,6 +765,9 @@ impl Stream {
             let Some(t) = inner.tracks.iter_mut().find(|t| t.out.kind == *kind) else {
                 continue;
             };
+            let Some(input) = t.raw_input() else {
+                continue;
+            };
             let mut b = frame.copy();
             let duration = frame.duration().map_or(0, |d| d.nseconds());
             {
@@ -711,7 +778,7 @@ impl Stream {
             t.last_pts = Some(at);
             t.end = at + duration;
             self.output.clock_in(at);
-            t.out.push(b);
+            input.push(b);
         }
         true
     }
@@ -761,14 +828,16 @@ impl Stream {
 
     /// Ends the output's tracks and waits (bounded) for the writer to complete, then for RTCP BYE.
     async fn drain(&self, bus: &mut gst::bus::BusStream, mut done: bool) {
-        let tracks: Vec<TrackOut> = std::mem::take(&mut self.inner().tracks)
-            .into_iter()
-            .map(|t| t.out)
-            .collect();
+        let (tracks, reencoders): (Vec<TrackOut>, Vec<Option<output::Reencoder>>) =
+            std::mem::take(&mut self.inner().tracks)
+                .into_iter()
+                .map(|t| (t.out, t.reencoder))
+                .unzip();
         if tracks.is_empty() {
             return;
         }
-        self.output.end(&tracks);
+        let reencoders: Vec<_> = reencoders.into_iter().flatten().collect();
+        self.output.end(&tracks, &reencoders);
         let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN_TIMEOUT;
         while !done && !self.abort.is_cancelled() {
             tokio::select! {

@@ -81,12 +81,38 @@ impl TrackOut {
 
     /// Asks the encoder for a keyframe now, so a switch is also a join point.
     pub fn force_keyframe(&self) {
-        if let Some(pad) = self.encoder.as_ref().and_then(|e| e.static_pad("src")) {
-            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
-                .all_headers(true)
-                .build();
-            pad.send_event(ev);
-        }
+        force_keyframe(self.encoder.as_ref());
+    }
+}
+
+/// Encodes raw media into a passthrough track's codec (VP8, VP9, Opus), so a passthrough stream can show its
+/// slate and take back a source in another format: appsrc (raw) ─ encoder ─ appsink ─► the track's appsrc.
+/// Built with the track and idle (no CPU) until raw media comes.
+#[derive(Debug)]
+pub struct Reencoder {
+    /// The raw caps it takes: the track's picture size (or channels), fixed.
+    pub caps: gst::Caps,
+    appsrc: gst_app::AppSrc,
+    encoder: Option<gst::Element>,
+}
+
+impl Reencoder {
+    pub fn input(&self) -> TrackInputHandle {
+        TrackInputHandle(self.appsrc.clone())
+    }
+
+    pub fn force_keyframe(&self) {
+        force_keyframe(self.encoder.as_ref());
+    }
+}
+
+/// Sends an upstream ForceKeyUnit to an encoder, so its next frame is a keyframe (a join point).
+fn force_keyframe(encoder: Option<&gst::Element>) {
+    if let Some(pad) = encoder.and_then(|e| e.static_pad("src")) {
+        let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        pad.send_event(ev);
     }
 }
 
@@ -327,11 +353,121 @@ impl Output {
         Ok(())
     }
 
-    /// Ends every track: the writer completes and posts [`OUTPUT_EOS`].
-    pub fn end(&self, tracks: &[TrackOut]) {
+    /// Ends every track (and re-encoder): the writer completes and posts [`OUTPUT_EOS`].
+    pub fn end(&self, tracks: &[TrackOut], reencoders: &[Reencoder]) {
         for t in tracks {
             let _ = t.appsrc.end_of_stream();
         }
+        for r in reencoders {
+            let _ = r.appsrc.end_of_stream();
+        }
+    }
+
+    /// A re-encoder into `track`'s codec, or None for a codec it cannot make compatibly (Vorbis: its codec
+    /// headers are the encoder's own, so another encoder's packets would not decode with the stream's).
+    pub fn add_reencoder(&self, track: &TrackOut) -> Result<Option<Reencoder>> {
+        let TrackInput::Encoded(caps) = &track.input else {
+            return Ok(None);
+        };
+        let Some(st) = caps.structure(0) else {
+            return Ok(None);
+        };
+        let (raw, description): (gst::Caps, String) = match st.name().as_str() {
+            "video/x-vp8" | "video/x-vp9" => {
+                let (w, h) = (st.get::<i32>("width"), st.get::<i32>("height"));
+                let (Ok(w), Ok(h)) = (w, h) else {
+                    return Ok(None);
+                };
+                let fps = st
+                    .get::<gst::Fraction>("framerate")
+                    .ok()
+                    .filter(|f| f.numer() > 0 && f.denom() > 0)
+                    .unwrap_or_else(|| gst::Fraction::new(30, 1));
+                let raw = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", w)
+                    .field("height", h)
+                    .field("framerate", fps)
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                    .build();
+                // Same live settings as video-encode.pipeline; keyframes every second for joiners.
+                let enc = if st.name() == "video/x-vp8" {
+                    "vp8enc"
+                } else {
+                    "vp9enc"
+                };
+                let kf = (fps.numer() / fps.denom().max(1)).max(1);
+                (
+                    raw,
+                    format!(
+                        "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 ! {enc} deadline=1 \
+                         cpu-used=8 threads=1 end-usage=cbr target-bitrate=500000 keyframe-max-dist={kf} \
+                         lag-in-frames=0"
+                    ),
+                )
+            }
+            "audio/x-opus" => {
+                let channels = st.get::<i32>("channels").unwrap_or(2).clamp(1, 2);
+                let raw = gst::Caps::builder("audio/x-raw")
+                    .field("format", "F32LE")
+                    .field("layout", "interleaved")
+                    .field("rate", super::AUDIO_RATE)
+                    .field("channels", channels)
+                    .build();
+                (
+                    raw,
+                    "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 ! audioconvert \
+                     ! opusenc"
+                        .to_string(),
+                )
+            }
+            _ => return Ok(None),
+        };
+        let appsrc = gst_app::AppSrc::builder()
+            .caps(&raw)
+            .format(gst::Format::Time)
+            .stream_type(gst_app::AppStreamType::Stream)
+            .max_time(gst::ClockTime::from_nseconds(
+                APPSRC_MAX_TIME.as_nanos() as u64
+            ))
+            .max_bytes(0)
+            .max_buffers(0)
+            .block(false)
+            .build();
+        appsrc.set_property_from_str("leaky-type", "upstream");
+        let bin = gst::parse::bin_from_description(&description, true)?;
+        let sink = gst_app::AppSink::builder().sync(false).build();
+        sink.set_property("enable-last-sample", false);
+        // Idle until the slate or another format comes: a sink waiting to preroll would hold the whole
+        // playing pipeline back in PAUSED.
+        sink.set_property("async", false);
+        let target = track.input();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(b) = sample.buffer_owned()
+                        && !b.flags().contains(gst::BufferFlags::HEADER)
+                    {
+                        target.push(b);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let elements: [&gst::Element; 3] =
+            [appsrc.upcast_ref(), bin.upcast_ref(), sink.upcast_ref()];
+        self.pipeline.add_many(elements)?;
+        gst::Element::link_many(elements)?;
+        for e in elements.iter().rev() {
+            e.sync_state_with_parent()?;
+        }
+        tracing::info!(stream = %self.name, caps = %raw, "re-encoder ready for a passthrough track");
+        Ok(Some(Reencoder {
+            caps: raw,
+            appsrc,
+            encoder: find_encoder(&bin),
+        }))
     }
 
     /// The pad a track's encoded stream goes to: a muxer request pad, or a new per-track appsink feeding the
