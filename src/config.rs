@@ -30,14 +30,37 @@ pub enum Muxer {
 }
 
 /// What a stream shows while it has no source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Fallback {
     /// A generated picture that names the stream and says it waits for its source, plus silence.
     #[default]
     Slate,
+    /// A media file, looped, converted to the stream's caps.
+    File(PathBuf),
     /// Nothing: the stream ends when its source is lost.
     None,
+}
+
+impl Fallback {
+    /// Whether a stream can outlive its source.
+    pub fn enabled(&self) -> bool {
+        *self != Fallback::None
+    }
+}
+
+/// `slate`, `none`, or the path of a readable file.
+fn parse_fallback(v: &str) -> Result<Fallback, String> {
+    match v {
+        "slate" => Ok(Fallback::Slate),
+        "none" => Ok(Fallback::None),
+        path => {
+            let p = PathBuf::from(path);
+            std::fs::File::open(&p).map_err(|e| {
+                format!("--fallback {path}: {e} (use slate, none, or a media file)")
+            })?;
+            Ok(Fallback::File(p))
+        }
+    }
 }
 
 /// Options of `transcast serve`. Each field documents its default; `--help` prints the same text.
@@ -125,8 +148,9 @@ pub struct ServeArgs {
 
     /// What a stream shows when its source is lost (connection reset or closed mid-body, --source-timeout,
     /// an input or decode error): `slate` (a generated picture naming the stream, plus silence, at the
-    /// stream's size and rate) or `none` (the stream ends with its source, as a plain proxy does).
-    #[arg(long, value_enum, default_value_t = Fallback::Slate)]
+    /// stream's size and rate), FILE (any media file transcast can read, looped and converted to the stream's
+    /// size and rate), or `none` (the stream ends with its source, as a plain proxy does).
+    #[arg(long, default_value = "slate", value_parser = parse_fallback, value_name = "slate|none|FILE")]
     pub fallback: Fallback,
 
     /// Seconds a stream stays on its fallback waiting for its source before it ends for every viewer.
@@ -404,6 +428,20 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::from_args(a).is_ok());
+    }
+
+    #[test]
+    fn fallback_is_slate_none_or_a_readable_file() {
+        assert_eq!(parse_fallback("slate"), Ok(Fallback::Slate));
+        assert_eq!(parse_fallback("none"), Ok(Fallback::None));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            parse_fallback(f.path().to_str().unwrap()),
+            Ok(Fallback::File(f.path().to_path_buf()))
+        );
+        let e = parse_fallback("/nonexistent/bars.webm").unwrap_err();
+        assert!(e.contains("slate, none, or a media file"), "{e}");
+        assert_eq!(Config::default().fallback, Fallback::Slate);
     }
 
     #[test]

@@ -558,3 +558,93 @@ async fn passthrough_stream_falls_back_and_takes_sources_back() {
         "{spliced} pictures passed through as they came"
     );
 }
+
+/// Average luma of each picture of a capture, by its time (ffmpeg's signalstats).
+fn luma_by_time(data: &[u8]) -> Vec<(f64, f64)> {
+    let file = tempdir().join(format!("luma-{:x}.webm", rand_u64()));
+    std::fs::write(&file, data).unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args([
+            "-vf",
+            "signalstats,metadata=print:key=lavfi.signalstats.YAVG:file=-",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut t = None;
+    let mut v = Vec::new();
+    for line in text.lines() {
+        if let Some(p) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pts_time:"))
+        {
+            t = p.parse().ok();
+        } else if let (Some(y), Some(time)) = (line.strip_prefix("lavfi.signalstats.YAVG="), t) {
+            v.push((time, y.parse().unwrap()));
+        }
+    }
+    v
+}
+
+/// `--fallback FILE`: while the source is gone the stream plays that file, looped, converted to its caps; a
+/// new push takes it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_file_loops_until_the_source_returns() {
+    init();
+    // Two seconds of colour bars: bright, where the source (a ball on black) and the slate are dark.
+    let file = tempdir().join("fallback-bars.webm");
+    run_to_eos(&format!(
+        "videotestsrc num-buffers=60 pattern=smpte ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! vp8enc deadline=1 ! webmmux name=m ! filesink location={} \
+         audiotestsrc num-buffers=90 samplesperbuffer=1024 ! audioconvert ! vorbisenc ! m.",
+        file.display()
+    ));
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = Fallback::File(file.clone());
+    })
+    .await;
+    let url = server.url("filler");
+    let data = media(Media::MpegTs);
+    let mut sock = raw_push(&server, "filler").await;
+    let viewer = tokio::spawn({
+        let url = url.clone();
+        async move { capture(open_watch(&url).await, Duration::from_secs(60)).await }
+    });
+    for c in chunk(&data, 16 << 10).into_iter().take(4) {
+        send_chunk(&mut sock, &c).await;
+    }
+    wait_state(&server, "filler", "live", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(sock);
+    wait_state(&server, "filler", "fallback", Duration::from_secs(3)).await;
+    // Longer than the file: it loops.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let r = push(&url, data.clone(), false).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let (body, clean) = viewer.await.unwrap();
+    assert!(clean);
+    assert_eq!(ebml_headers(&body), 1);
+    let d = decode(&body);
+    assert_eq!(
+        (d.width, d.height),
+        (320, 240),
+        "the file is scaled to the stream"
+    );
+    assert!(d.video_pts_monotonic && d.audio_pts_monotonic, "{d:?}");
+    let luma = luma_by_time(&body);
+    let bright = luma.iter().filter(|(_, y)| *y > 60.0).count();
+    // About 4.5 s of bars at 30 fps, at least two loops of the 2 s file.
+    assert!(bright >= 100, "{bright} bright pictures of {}", luma.len());
+    let last_bright = luma.iter().rev().find(|(_, y)| *y > 60.0).unwrap().0;
+    assert!(
+        luma.iter().any(|(t, y)| *t > last_bright && *y < 40.0),
+        "the returning source follows the file"
+    );
+}

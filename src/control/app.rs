@@ -77,7 +77,7 @@ impl AppState {
             hub,
             output,
             StreamSettings {
-                fallback: cfg.fallback,
+                fallback: cfg.fallback.clone(),
                 linger: linger.unwrap_or(cfg.linger),
                 encode: cfg.encode.clone(),
             },

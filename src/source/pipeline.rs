@@ -32,12 +32,6 @@ use crate::templates::{Part, Templates};
 /// typical upload, small enough that pacing throttles the sender quickly.
 pub const APPSRC_MAX_BYTES: u64 = 512 << 10;
 
-/// Raw tracks are converted to the stream's caps by these (never client input; the caps are set in code).
-const VIDEO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
-    ! videoconvert ! videoscale ! videorate ! capsfilter name=caps";
-const AUDIO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
-    ! audioconvert ! audioresample ! capsfilter name=caps";
-
 /// What the streaming threads write and the source task reads.
 #[derive(Debug, Default)]
 pub struct SourceShared {
@@ -315,13 +309,7 @@ impl Builder {
                 queue.static_pad("sink").expect("checked at load")
             }
             Some(caps) => {
-                let conform = gst::parse::bin_from_description(
-                    if video { VIDEO_CONFORM } else { AUDIO_CONFORM },
-                    true,
-                )?;
-                if let Some(f) = conform.by_name("caps") {
-                    f.set_property("caps", caps);
-                }
+                let conform = crate::stream::output::conform(kind, caps)?;
                 pipeline.add(&conform)?;
                 conform.link(&sink)?;
                 conform.sync_state_with_parent()?;

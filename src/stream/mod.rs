@@ -229,6 +229,8 @@ struct Inner {
     /// The on-air source and its offset (stream time − source time, ns).
     on_air: Option<(u64, i64)>,
     fallback_since: Option<Instant>,
+    /// The fallback file's loop iteration now playing and its offset (stream time − file time, ns).
+    file_loop: Option<(u64, i64)>,
     /// The last source's info, kept for the API while on the fallback.
     last_source: Option<SourceInfo>,
 }
@@ -478,7 +480,7 @@ impl Stream {
         let vorbis = caps
             .structure(0)
             .is_some_and(|s| s.name() == "audio/x-vorbis");
-        let passthrough = passthrough && !(vorbis && self.settings.fallback == Fallback::Slate);
+        let passthrough = passthrough && !(vorbis && self.settings.fallback.enabled());
         let input = if passthrough {
             TrackInput::Encoded(caps.clone())
         } else {
@@ -532,7 +534,7 @@ impl Stream {
             return Ok(());
         }
         inner.tracks_open = false;
-        if self.settings.fallback == Fallback::Slate {
+        if self.settings.fallback.enabled() {
             for t in inner.tracks.iter_mut() {
                 match self.output.add_reencoder(&t.out) {
                     Ok(r) => t.reencoder = r,
@@ -681,7 +683,7 @@ impl Stream {
         inner.last_source = Some(current.info);
         inner.on_air = None;
         let state = self.state();
-        let can_fall_back = self.settings.fallback == Fallback::Slate
+        let can_fall_back = self.settings.fallback.enabled()
             && !inner.tracks.is_empty()
             && !inner.tracks_open
             && inner.tracks.iter().all(|t| t.raw_caps().is_some());
@@ -699,7 +701,7 @@ impl Stream {
             }
             (Detach::Lost, State::Fallback) => {}
             (Detach::Lost, _) => {
-                if state == State::Live && self.settings.fallback == Fallback::Slate {
+                if state == State::Live && self.settings.fallback.enabled() {
                     tracing::info!(stream = %self.name, "source lost; its tracks cannot show a slate: ending");
                 }
                 self.set_state(State::Ended);
@@ -780,6 +782,51 @@ impl Stream {
             self.output.clock_in(at);
             input.push(b);
         }
+        true
+    }
+
+    /// Pushes a buffer of the fallback file (its loop `iteration`), stamped so each iteration continues where
+    /// the stream is. False once the stream is no longer on its fallback.
+    fn push_file(&self, iteration: u64, kind: TrackKind, mut buffer: gst::Buffer) -> bool {
+        let mut inner = self.inner();
+        if self.state() != State::Fallback || inner.on_air.is_some() {
+            return false;
+        }
+        let Some(pts) = buffer.pts().map(|t| t.nseconds()) else {
+            return true;
+        };
+        let offset = match inner.file_loop {
+            Some((i, off)) if i == iteration => off,
+            _ => {
+                let at = inner.tracks.iter().map(|t| t.end).max().unwrap_or(0);
+                let off = at as i64 - pts as i64;
+                inner.file_loop = Some((iteration, off));
+                for t in &inner.tracks {
+                    t.force_keyframe();
+                }
+                off
+            }
+        };
+        let Some(t) = inner.tracks.iter_mut().find(|t| t.out.kind == kind) else {
+            return true;
+        };
+        let Some(input) = t.raw_input() else {
+            return true;
+        };
+        let out = (pts as i64 + offset).max(0) as u64;
+        if t.last_pts.is_some_and(|l| out < l) {
+            return true;
+        }
+        let duration = buffer.duration().map_or(0, |d| d.nseconds());
+        {
+            let b = buffer.make_mut();
+            b.set_pts(gst::ClockTime::from_nseconds(out));
+            b.set_dts(gst::ClockTime::NONE);
+        }
+        t.last_pts = Some(out);
+        t.end = out + duration;
+        self.output.clock_in(out);
+        input.push(buffer);
         true
     }
 

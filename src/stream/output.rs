@@ -600,6 +600,28 @@ fn mux_to_hub(
     Ok(mux)
 }
 
+/// Raw media is converted to a stream's caps by these (never client input; the caps are set in code).
+const VIDEO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
+    ! videoconvert ! videoscale ! videorate ! capsfilter name=caps";
+const AUDIO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
+    ! audioconvert ! audioresample ! capsfilter name=caps";
+
+/// A bin (ghost sink and src) that converts, scales and re-times raw media of `kind` to `caps`.
+pub fn conform(kind: TrackKind, caps: &gst::Caps) -> Result<gst::Bin> {
+    let bin = gst::parse::bin_from_description(
+        if kind == TrackKind::Video {
+            VIDEO_CONFORM
+        } else {
+            AUDIO_CONFORM
+        },
+        true,
+    )?;
+    if let Some(f) = bin.by_name("caps") {
+        f.set_property("caps", caps);
+    }
+    Ok(bin)
+}
+
 fn find_encoder(branch: &gst::Bin) -> Option<gst::Element> {
     branch.iterate_recurse().into_iter().flatten().find(|e| {
         e.factory().is_some_and(|f| {

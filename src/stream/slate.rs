@@ -1,9 +1,12 @@
 //! The fallback a stream shows while it has no source: a picture that names the stream and says it waits for
-//! its source, at the stream's size and rate, and silence, so players keep playing both tracks.
+//! its source, at the stream's size and rate, and silence, so players keep playing both tracks; or, with
+//! `--fallback FILE`, that file, looped.
 //!
 //! The picture is rendered once per fallback period by a short GStreamer pipeline (`videotestsrc ! textoverlay`)
 //! and then re-stamped tick by tick: the stream's encoders see a steady raw input, so the slate costs one
-//! encode of a still picture (cheap for VP8) and nothing else.
+//! encode of a still picture (cheap for VP8) and nothing else. A file plays in real time through
+//! `filesrc ! decodebin ! conform ! appsink sync=true`, once per loop iteration, each iteration stamped to
+//! continue the stream; one that fails (or is empty) falls back to the picture.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 
 use super::{AUDIO_CHANNELS, AUDIO_RATE, Stream};
+use crate::config::Fallback;
 use crate::error::{Error, Result};
 use crate::stream::webm::TrackKind;
 
@@ -21,8 +25,155 @@ const AUDIO_TICK: Duration = Duration::from_millis(40);
 /// Bound on rendering the picture.
 const RENDER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the slate while the stream is on its fallback.
+/// A loop iteration shorter than this is an empty or broken file: the picture is shown instead.
+const MIN_ITERATION: Duration = Duration::from_millis(200);
+/// How often a playing file iteration looks whether the stream is still on its fallback.
+const FILE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs the fallback while the stream is on it.
 pub async fn run(stream: Arc<Stream>) {
+    if let Fallback::File(path) = &stream.settings.fallback {
+        let path = path.clone();
+        for iteration in 1u64.. {
+            let (s, p) = (stream.clone(), path.clone());
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || play_file(&s, &p, iteration)).await {
+                Ok(Ok(true)) if started.elapsed() >= MIN_ITERATION => continue,
+                Ok(Ok(false)) => return,
+                Ok(Ok(true)) => tracing::warn!(stream = %stream.name, file = %path.display(),
+                    "the fallback file played for less than {MIN_ITERATION:?}: showing the slate picture"),
+                Ok(Err(e)) => tracing::warn!(stream = %stream.name, file = %path.display(),
+                    "the fallback file failed: {}; showing the slate picture", e.message),
+                Err(_) => {}
+            }
+            break;
+        }
+    }
+    still(stream).await;
+}
+
+/// Plays the fallback file once in real time into the stream. Ok(true) when it reached its end with the
+/// stream still on its fallback.
+fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Result<bool> {
+    let tracks = stream.raw_tracks();
+    let pipeline = gst::Pipeline::with_name(&format!("fallback-{}-{iteration}", stream.name));
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", path)
+        .build()?;
+    let decode = gst::ElementFactory::make("decodebin").build()?;
+    pipeline.add_many([&src, &decode])?;
+    src.link(&decode)?;
+    let weak = pipeline.downgrade();
+    let taken = std::sync::Mutex::new(Vec::<TrackKind>::new());
+    let s = stream.clone();
+    decode.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let kind = match caps.structure(0).map(|s| s.name().to_string()) {
+            Some(n) if n.starts_with("video/") => TrackKind::Video,
+            Some(n) if n.starts_with("audio/") => TrackKind::Audio,
+            _ => TrackKind::Other,
+        };
+        let wanted = tracks
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| c.clone());
+        let first = taken
+            .lock()
+            .map(|mut t| {
+                !t.contains(&kind) && {
+                    t.push(kind);
+                    true
+                }
+            })
+            .unwrap_or(false);
+        let linked = match wanted.filter(|_| first) {
+            Some(caps) => link_file_track(&pipeline, pad, kind, &caps, s.clone(), iteration),
+            None => discard(&pipeline, pad),
+        };
+        if let Err(e) = linked {
+            gst::element_error!(
+                pipeline,
+                gst::CoreError::Negotiation,
+                ("fallback file: {}", e.message)
+            );
+        }
+    });
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    pipeline.set_state(gst::State::Playing)?;
+    let result = loop {
+        if stream.state() != super::State::Fallback {
+            break Ok(false);
+        }
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(FILE_POLL.as_nanos() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        ) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(true),
+            gst::MessageView::Error(e) => break Err(Error::pipeline(e.error().to_string())),
+            _ => {}
+        }
+    };
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
+
+/// decodebin pad ─ conform (the stream's caps) ─ appsink (real time) ─► the stream.
+fn link_file_track(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    kind: TrackKind,
+    caps: &gst::Caps,
+    stream: Arc<Stream>,
+    iteration: u64,
+) -> Result<()> {
+    let conform = super::output::conform(kind, caps)?;
+    let sink = gst_app::AppSink::builder().sync(true).build();
+    sink.set_property("enable-last-sample", false);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let on = sample
+                    .buffer_owned()
+                    .is_none_or(|b| stream.push_file(iteration, kind, b));
+                if on {
+                    Ok(gst::FlowSuccess::Ok)
+                } else {
+                    Err(gst::FlowError::Eos)
+                }
+            })
+            .build(),
+    );
+    pipeline.add(&conform)?;
+    pipeline.add(&sink)?;
+    conform.link(&sink)?;
+    sink.sync_state_with_parent()?;
+    conform.sync_state_with_parent()?;
+    pad.link(&conform.static_pad("sink").expect("ghosted by parse"))
+        .map_err(|e| Error::pipeline(format!("linking the fallback file's track: {e:?}")))?;
+    Ok(())
+}
+
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()?;
+    pipeline.add(&sink)?;
+    sink.sync_state_with_parent()?;
+    pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
+        .map_err(|e| Error::pipeline(format!("discarding a fallback track: {e:?}")))?;
+    Ok(())
+}
+
+/// The still picture and silence, tick by tick, while the stream is on its fallback.
+async fn still(stream: Arc<Stream>) {
     let tracks = stream.raw_tracks();
     let name = stream.name.clone();
     let frames = match tokio::task::spawn_blocking(move || frames(&name, &tracks)).await {

@@ -186,7 +186,7 @@ async fn create_stream(
             enc.max_width, enc.max_height
         )));
     }
-    if app.config.fallback == crate::config::Fallback::None {
+    if !app.config.fallback.enabled() {
         return Err(Error::bad_request(
             "with --fallback none a stream without a source has nothing to show",
         ));
