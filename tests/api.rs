@@ -942,3 +942,70 @@ async fn stream_created_through_the_api_shows_its_slate_then_its_source() {
     assert!(d.video_pts_monotonic, "{d:?}");
     server.wait_gone("lobby").await;
 }
+
+/// With the token server on, a stream is created for a session, and only that session's push (with its key)
+/// takes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_server_streams_are_created_for_a_session_and_taken_by_its_key() {
+    let server = Server::start(|a| {
+        a.token_server = vec!["127.0.0.0/8".parse().unwrap()];
+        a.fallback = transcast::config::Fallback::Slate;
+    })
+    .await;
+    let api = Api { server: &server };
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/streams",
+            "/api/v1/streams",
+            Some(json!({"name": "studio"})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+    let t = add_token(
+        &api,
+        json!({"session_id": "studio", "outputs": {"http": true}}),
+    )
+    .await;
+    let key = t["push_key"].as_str().unwrap().to_string();
+    let (st, s) = api
+        .call(
+            Method::POST,
+            "/api/v1/streams",
+            "/api/v1/streams",
+            Some(json!({"name": "studio", "linger": 30})),
+        )
+        .await;
+    assert_eq!(st, 201, "{s}");
+    assert_eq!(s["state"], "fallback");
+    let url = server.url("studio");
+    let stranger = push(&url, media(Media::MpegTs), false).await;
+    assert_eq!(stranger.status, 401, "{}", stranger.json);
+    let (_, s) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/studio",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s["state"].as_str(), s["resumes"].as_u64()),
+        (Some("fallback"), Some(0))
+    );
+    let owner = push(&with_key(&url, &key), media(Media::MpegTs), false).await;
+    assert_eq!(owner.status, 200, "{}", owner.json);
+    let (_, s) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/studio",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(s["resumes"], 1, "{s}");
+}

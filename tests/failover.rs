@@ -13,6 +13,8 @@ use transcast::config::Fallback;
 /// Video frame times and decode errors of a capture, as ffprobe and ffmpeg see them.
 struct Probed {
     video_pts: Vec<f64>,
+    /// Whether each picture (in `video_pts` order) is a keyframe.
+    video_key: Vec<bool>,
     audio_frames: usize,
     decode_errors: String,
 }
@@ -21,19 +23,28 @@ fn probe(data: &[u8]) -> Probed {
     let file = tempdir().join(format!("capture-{:x}.webm", rand_u64()));
     std::fs::write(&file, data).unwrap();
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "frame=media_type,pts_time"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "frame=media_type,key_frame,pts_time",
+        ])
         .args(["-of", "csv=p=0"])
         .arg(&file)
         .output()
         .expect("ffprobe runs");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut video_pts = Vec::new();
+    let mut video_key = Vec::new();
     let mut audio_frames = 0;
     for line in text.lines() {
         let mut f = line.split(',');
-        match (f.next(), f.next()) {
-            (Some("video"), Some(t)) => video_pts.push(t.parse().unwrap()),
-            (Some("audio"), Some(_)) => audio_frames += 1,
+        match (f.next(), f.next(), f.next()) {
+            (Some("video"), Some(k), Some(t)) => {
+                video_key.push(k == "1");
+                video_pts.push(t.parse().unwrap());
+            }
+            (Some("audio"), _, _) => audio_frames += 1,
             _ => {}
         }
     }
@@ -46,6 +57,7 @@ fn probe(data: &[u8]) -> Probed {
     let _ = std::fs::remove_file(&file);
     Probed {
         video_pts,
+        video_key,
         audio_frames,
         decode_errors: String::from_utf8_lossy(&dec.stderr).into_owned(),
     }
@@ -165,7 +177,8 @@ async fn killed_ffmpeg_source_falls_back_and_resumes_in_one_response() {
     first.kill().unwrap(); // SIGKILL: the uplink drops mid-body
     let _ = first.wait();
 
-    let on_slate = wait_state(&server, "cam1", "fallback", Duration::from_secs(2)).await;
+    // ffmpeg's socket is gone at once, so the loss is known at once: the switch follows within a second.
+    let on_slate = wait_state(&server, "cam1", "fallback", Duration::from_secs(1)).await;
     assert_eq!(on_slate["failovers"], 1, "{on_slate}");
     assert!(on_slate["source"].is_null(), "{on_slate}");
     let page = client()
@@ -215,6 +228,25 @@ async fn killed_ffmpeg_source_falls_back_and_resumes_in_one_response() {
         .fold(0.0, f64::max);
     assert!(max_gap < 0.2, "largest gap between pictures {max_gap:.3} s");
     assert!(p.audio_frames > 0, "audio carried on");
+    // The source is colour bars, the slate dark: each switch lands on a keyframe (a join point too).
+    let luma = luma_by_time(&body);
+    let switches: Vec<f64> = luma
+        .windows(2)
+        .filter(|w| (w[0].1 > 60.0) != (w[1].1 > 60.0))
+        .map(|w| w[1].0)
+        .collect();
+    assert!(switches.len() >= 2, "source → slate → source: {switches:?}");
+    for t in &switches {
+        let i = p
+            .video_pts
+            .iter()
+            .position(|p| (p - t).abs() < 1e-3)
+            .unwrap();
+        assert!(
+            p.video_key[i],
+            "the picture at the switch at {t:.3} s is a keyframe"
+        );
+    }
 
     let (joined, _) = joiner.await.unwrap();
     assert!(joined.starts_with(&EBML_MAGIC));
