@@ -144,6 +144,28 @@ async fn send_chunk(sock: &mut tokio::net::TcpStream, data: &[u8]) {
     sock.write_all(b"\r\n").await.unwrap();
 }
 
+/// Starts a push of the first `chunks` 16 KiB pieces of `data` over a bare socket (cut it by dropping it), a
+/// viewer capturing the stream, and waits until the stream is live.
+async fn cuttable_push(
+    server: &Server,
+    name: &str,
+    data: &bytes::Bytes,
+    chunks: usize,
+) -> (
+    tokio::net::TcpStream,
+    tokio::task::JoinHandle<(Vec<u8>, bool)>,
+) {
+    let url = server.url(name);
+    let mut sock = raw_push(server, name).await;
+    let viewer =
+        tokio::spawn(async move { capture(open_watch(&url).await, Duration::from_secs(60)).await });
+    for c in chunk(data, 16 << 10).into_iter().take(chunks) {
+        send_chunk(&mut sock, &c).await;
+    }
+    wait_state(server, name, "live", Duration::from_secs(10)).await;
+    (sock, viewer)
+}
+
 fn ffmpeg_push(file: &std::path::Path, url: &str, seconds: Option<u32>) -> std::process::Child {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-v", "error", "-re", "-i"]).arg(file);
@@ -262,21 +284,10 @@ async fn fallback_ends_every_viewer_cleanly_when_linger_runs_out() {
         a.linger = 1.5;
     })
     .await;
-    let url = server.url("gone");
     let data = media(Media::MpegTs);
-    let mut sock = raw_push(&server, "gone").await;
-    let viewer = tokio::spawn(async move {
-        let resp = open_watch(&url).await;
-        capture(resp, Duration::from_secs(30)).await
-    });
     // Two thirds of the clip, then the source vanishes without finishing its body.
-    for c in chunk(&data, 16 << 10)
-        .into_iter()
-        .take(data.len() * 2 / 3 / (16 << 10))
-    {
-        send_chunk(&mut sock, &c).await;
-    }
-    wait_state(&server, "gone", "live", Duration::from_secs(10)).await;
+    let (sock, viewer) =
+        cuttable_push(&server, "gone", &data, data.len() * 2 / 3 / (16 << 10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(sock);
     wait_state(&server, "gone", "fallback", Duration::from_secs(3)).await;
@@ -293,17 +304,7 @@ async fn fallback_ends_every_viewer_cleanly_when_linger_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_none_ends_the_stream_with_its_source() {
     let server = Server::start(|a| a.fallback = Fallback::None).await;
-    let url = server.url("plain");
-    let data = media(Media::MpegTs);
-    let mut sock = raw_push(&server, "plain").await;
-    let viewer = tokio::spawn(async move {
-        let resp = open_watch(&url).await;
-        capture(resp, Duration::from_secs(30)).await
-    });
-    for c in chunk(&data, 16 << 10).into_iter().take(4) {
-        send_chunk(&mut sock, &c).await;
-    }
-    wait_state(&server, "plain", "live", Duration::from_secs(10)).await;
+    let (sock, viewer) = cuttable_push(&server, "plain", &media(Media::MpegTs), 4).await;
     drop(sock);
     let (body, clean) = viewer.await.unwrap();
     assert!(clean);
@@ -531,16 +532,7 @@ async fn passthrough_stream_falls_back_and_takes_sources_back() {
     })
     .await;
     let url = server.url("pass");
-    let first = long_clip("webm");
-    let mut sock = raw_push(&server, "pass").await;
-    let viewer = tokio::spawn({
-        let url = url.clone();
-        async move { capture(open_watch(&url).await, Duration::from_secs(60)).await }
-    });
-    for c in chunk(&first, 16 << 10).into_iter().take(6) {
-        send_chunk(&mut sock, &c).await;
-    }
-    wait_state(&server, "pass", "live", Duration::from_secs(10)).await;
+    let (sock, viewer) = cuttable_push(&server, "pass", &long_clip("webm"), 6).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let v = stream_json(&server, "pass").await;
     assert_eq!(v["output"]["codecs"][0], "vp8", "{v}");
@@ -644,15 +636,7 @@ async fn fallback_file_loops_until_the_source_returns() {
     .await;
     let url = server.url("filler");
     let data = media(Media::MpegTs);
-    let mut sock = raw_push(&server, "filler").await;
-    let viewer = tokio::spawn({
-        let url = url.clone();
-        async move { capture(open_watch(&url).await, Duration::from_secs(60)).await }
-    });
-    for c in chunk(&data, 16 << 10).into_iter().take(4) {
-        send_chunk(&mut sock, &c).await;
-    }
-    wait_state(&server, "filler", "live", Duration::from_secs(10)).await;
+    let (sock, viewer) = cuttable_push(&server, "filler", &data, 4).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     drop(sock);
     wait_state(&server, "filler", "fallback", Duration::from_secs(3)).await;

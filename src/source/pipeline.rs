@@ -374,16 +374,7 @@ impl Builder {
 
     /// Sends a track nowhere, so it neither stalls the demuxer nor errors as not-linked.
     fn discard(&self, pad: &gst::Pad) -> Result<()> {
-        let pipeline = self.pipeline()?;
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()?;
-        pipeline.add(&sink)?;
-        sink.sync_state_with_parent()?;
-        pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
-            .map_err(|e| Error::pipeline(format!("discarding a track: {e:?}")))?;
-        Ok(())
+        crate::stream::output::discard(&self.pipeline()?, pad)
     }
 }
 

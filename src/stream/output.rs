@@ -278,19 +278,7 @@ impl Output {
             (true, true) => Part::VideoEncode,
             (false, true) => Part::AudioEncode,
         };
-        let appsrc = gst_app::AppSrc::builder()
-            .caps(input.caps())
-            .format(gst::Format::Time)
-            .stream_type(gst_app::AppStreamType::Stream)
-            .max_time(gst::ClockTime::from_nseconds(
-                APPSRC_MAX_TIME.as_nanos() as u64
-            ))
-            .max_bytes(0)
-            .max_buffers(0)
-            .block(false)
-            .build();
-        // Past its bound the appsrc drops what comes (the newest), so a slow encoder sheds input.
-        appsrc.set_property_from_str("leaky-type", "upstream");
+        let appsrc = media_appsrc(input.caps());
         let branch = self.templates.bin(part)?;
         let tee = gst::ElementFactory::make("tee")
             .property("allow-not-linked", true)
@@ -423,18 +411,7 @@ impl Output {
             }
             _ => return Ok(None),
         };
-        let appsrc = gst_app::AppSrc::builder()
-            .caps(&raw)
-            .format(gst::Format::Time)
-            .stream_type(gst_app::AppStreamType::Stream)
-            .max_time(gst::ClockTime::from_nseconds(
-                APPSRC_MAX_TIME.as_nanos() as u64
-            ))
-            .max_bytes(0)
-            .max_buffers(0)
-            .block(false)
-            .build();
-        appsrc.set_property_from_str("leaky-type", "upstream");
+        let appsrc = media_appsrc(&raw);
         let bin = gst::parse::bin_from_description(&description, true)?;
         let sink = gst_app::AppSink::builder().sync(false).build();
         sink.set_property("enable-last-sample", false);
@@ -598,6 +575,37 @@ fn mux_to_hub(
             .build(),
     );
     Ok(mux)
+}
+
+/// An appsrc for timed media in `caps` that never blocks its caller and, past [`APPSRC_MAX_TIME`], drops what
+/// comes (the newest), so a slow encoder sheds input.
+fn media_appsrc(caps: &gst::Caps) -> gst_app::AppSrc {
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(caps)
+        .format(gst::Format::Time)
+        .stream_type(gst_app::AppStreamType::Stream)
+        .max_time(gst::ClockTime::from_nseconds(
+            APPSRC_MAX_TIME.as_nanos() as u64
+        ))
+        .max_bytes(0)
+        .max_buffers(0)
+        .block(false)
+        .build();
+    appsrc.set_property_from_str("leaky-type", "upstream");
+    appsrc
+}
+
+/// Sends a pad nowhere, so it neither stalls its demuxer nor errors as not-linked.
+pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()?;
+    pipeline.add(&sink)?;
+    sink.sync_state_with_parent()?;
+    pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
+        .map_err(|e| Error::pipeline(format!("discarding a track: {e:?}")))?;
+    Ok(())
 }
 
 /// Raw media is converted to a stream's caps by these (never client input; the caps are set in code).

@@ -91,7 +91,7 @@ fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Re
             .unwrap_or(false);
         let linked = match wanted.filter(|_| first) {
             Some(caps) => link_file_track(&pipeline, pad, kind, &caps, s.clone(), iteration),
-            None => discard(&pipeline, pad),
+            None => super::output::discard(&pipeline, pad),
         };
         if let Err(e) = linked {
             gst::element_error!(
@@ -157,18 +157,6 @@ fn link_file_track(
     conform.sync_state_with_parent()?;
     pad.link(&conform.static_pad("sink").expect("ghosted by parse"))
         .map_err(|e| Error::pipeline(format!("linking the fallback file's track: {e:?}")))?;
-    Ok(())
-}
-
-fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()?;
-    pipeline.add(&sink)?;
-    sink.sync_state_with_parent()?;
-    pad.link(&sink.static_pad("sink").expect("fakesink has a sink"))
-        .map_err(|e| Error::pipeline(format!("discarding a fallback track: {e:?}")))?;
     Ok(())
 }
 
