@@ -11,6 +11,8 @@ RUNTIME_PACKAGES=(
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   gstreamer1.0-tools
+  # textoverlay (pango) writes the stream's name on its fallback slate.
+  gstreamer1.0-x
 )
 
 as_root() {
