@@ -304,6 +304,48 @@ async fn head_reports_the_content_type() {
     push.await.unwrap();
 }
 
+/// HEAD is cheap: it takes no client slot, is not counted as a viewer, and does not wait for media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_not_a_viewer() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.max_clients = 1;
+    })
+    .await;
+    let url = server.url("peek");
+    let (tx, push) = push_stream(&url, None);
+    let data = media(Media::MpegTs);
+    // Two TS packets: the stream exists, no media yet.
+    tx.send(data.slice(..376)).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let early = client().head(&url).send().await.unwrap();
+    assert_eq!(early.status(), 503, "no media yet");
+    assert!(t0.elapsed() < Duration::from_secs(2), "answered at once");
+    let rest = data.slice(376..);
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&rest, 8 << 10) {
+            let _ = tx.send(c).await;
+        }
+    });
+    let _watch = open_watch(&url).await; // the only client slot
+    for _ in 0..3 {
+        let head = client().head(&url).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD needs no client slot");
+        assert_eq!(head.headers()["content-type"], "video/webm");
+    }
+    let s = server.state.registry.get("peek").unwrap();
+    assert_eq!(
+        s.hub
+            .stats
+            .clients_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "HEADs are not viewers"
+    );
+    feeder.await.unwrap();
+    push.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_input_ends_the_stream_cleanly() {
     let server = Server::start(|_| {}).await;

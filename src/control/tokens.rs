@@ -101,10 +101,18 @@ struct StateFile {
     sessions: Vec<Session>,
 }
 
+/// Lock order: `writer`, then `sessions`. Readers (every push and viewer admission, on tokio workers) take
+/// only `sessions`, and no one holds it across disk I/O: a writer snapshots, persists with only `writer`
+/// held, then swaps the new map in.
 #[derive(Debug)]
 pub struct TokenStore {
     path: Option<PathBuf>,
     sessions: Mutex<BTreeMap<String, Session>>,
+    /// Serialises writers, so a snapshot is never overtaken by another write.
+    writer: Mutex<()>,
+    /// Tests make persisting slow to show readers never wait for it.
+    #[cfg(test)]
+    persist_delay: std::time::Duration,
 }
 
 impl TokenStore {
@@ -113,6 +121,9 @@ impl TokenStore {
         TokenStore {
             path: None,
             sessions: Mutex::new(BTreeMap::new()),
+            writer: Mutex::new(()),
+            #[cfg(test)]
+            persist_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -151,6 +162,9 @@ impl TokenStore {
         Ok(TokenStore {
             path: Some(path),
             sessions: Mutex::new(sessions),
+            writer: Mutex::new(()),
+            #[cfg(test)]
+            persist_delay: std::time::Duration::ZERO,
         })
     }
 
@@ -162,38 +176,39 @@ impl TokenStore {
         self.sessions.lock().unwrap().values().cloned().collect()
     }
 
-    /// Adds a session and persists it before returning (blocking file I/O: call from a blocking task).
+    /// Adds a session and persists it before returning (blocking file I/O: call from a blocking task). The
+    /// session is usable once it is on disk.
     pub fn add(&self, session: Session) -> Result<()> {
-        let mut sessions = self.sessions.lock().unwrap();
-        if sessions.contains_key(&session.session_id) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self.sessions.lock().unwrap().clone();
+        if next.contains_key(&session.session_id) {
             return Err(Error::new(
                 Kind::Busy,
                 format!("session '{}' exists; revoke it first", session.session_id),
             ));
         }
-        sessions.insert(session.session_id.clone(), session.clone());
-        if let Err(e) = self.persist(&sessions) {
-            sessions.remove(&session.session_id);
-            return Err(e);
-        }
+        next.insert(session.session_id.clone(), session);
+        self.persist(&next)?;
+        *self.sessions.lock().unwrap() = next;
         Ok(())
     }
 
-    /// Removes a session and persists that (blocking file I/O).
+    /// Removes a session and persists that (blocking file I/O). It stops working once that is on disk.
     pub fn revoke(&self, id: &str) -> Result<Session> {
-        let mut sessions = self.sessions.lock().unwrap();
-        let Some(old) = sessions.remove(id) else {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self.sessions.lock().unwrap().clone();
+        let Some(old) = next.remove(id) else {
             return Err(Error::not_found(format!("no session '{id}'")));
         };
-        if let Err(e) = self.persist(&sessions) {
-            sessions.insert(id.to_string(), old);
-            return Err(e);
-        }
+        self.persist(&next)?;
+        *self.sessions.lock().unwrap() = next;
         Ok(old)
     }
 
-    /// Writes the whole state atomically; the caller holds the lock, so writes are serialised.
+    /// Writes the whole state atomically; the caller holds `writer`, so writes are serialised.
     fn persist(&self, sessions: &BTreeMap<String, Session>) -> Result<()> {
+        #[cfg(test)]
+        std::thread::sleep(self.persist_delay);
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -234,6 +249,30 @@ mod tests {
             push_key_sha256: Some(crate::control::auth::hash_secret("k")),
             view_key_sha256: None,
         }
+    }
+
+    /// Admission reads sessions on tokio workers: a write's fsync must never make them wait.
+    #[test]
+    fn reads_never_wait_for_a_write_to_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TokenStore::open(dir.path()).unwrap();
+        store.add(session("a")).unwrap();
+        store.persist_delay = std::time::Duration::from_millis(600);
+        let store = std::sync::Arc::new(store);
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.add(session("b")).unwrap())
+        };
+        // The writer is now persisting. A read that waited for it would find "b" (before, the map held it
+        // under the lock during the fsync); a read that does not wait finds "a" and not yet "b".
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(store.get("a").is_some());
+        assert!(
+            store.get("b").is_none(),
+            "the read waited for the write's disk I/O, or saw a session not yet on disk"
+        );
+        writer.join().unwrap();
+        assert!(store.get("b").is_some());
     }
 
     #[test]

@@ -188,10 +188,10 @@ fn deliver(
     chunks: &[Bytes],
     iovs: &[IoSlice<'_>],
 ) -> Step {
-    // Its task holds the other reference for as long as it serves the client (a cancelled connection's task
-    // ends at once), so a lone reference is a client that is gone. Cheaper than asking the cancellation token,
-    // which takes a lock.
-    if Arc::strong_count(&p.socket) == 1 {
+    // Its subscription says so when the client's task ends (a cancelled connection's task ends at once): an
+    // atomic load, cheaper than asking the cancellation token, which takes a lock, and unlike counting the
+    // socket's references not fooled by a clone held elsewhere.
+    if p.shared.gone.load(Ordering::Acquire) {
         return Step::Drop;
     }
     if p.cursor < snap.from {

@@ -32,6 +32,7 @@ use crate::http::ConnInfo;
 use crate::output::fanout::MAX_IOVECS;
 use crate::stream::hub::{SubscribeError, Subscription};
 use crate::stream::registry as streams;
+use crate::stream::webm::TrackKind;
 
 /// How long a client of a stream that is still starting (typefind, first keyframe) waits for its header.
 pub const HEADER_WAIT: Duration = Duration::from_secs(10);
@@ -55,12 +56,7 @@ pub async fn admit(
     peer: Option<SocketAddr>,
     kill: CancellationToken,
 ) -> Result<Admitted> {
-    streams::validate_name(name)?;
-    authorize_view(app, name, headers, token, peer)?;
-    let entry = app
-        .registry
-        .get(name)
-        .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))?;
+    let entry = find(app, name, token, headers, peer)?;
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
         Error::unavailable(format!(
             "the client limit (--max-clients {}) is reached",
@@ -91,6 +87,61 @@ pub async fn admit(
     })
 }
 
+/// The stream a watch (or HEAD) names, after the name and view checks.
+fn find(
+    app: &AppState,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Arc<crate::stream::Stream>> {
+    streams::validate_name(name)?;
+    authorize_view(app, name, headers, token, peer)?;
+    app.registry
+        .get(name)
+        .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))
+}
+
+/// `HEAD`: what a watch would get, without becoming a viewer: no client slot, not counted, no wait for the
+/// header (a stream without media yet is 503 at once).
+fn head(
+    app: &AppState,
+    name: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Response> {
+    let stream = find(
+        app,
+        name,
+        query.get("token").map(String::as_str),
+        headers,
+        peer,
+    )?;
+    let tracks = stream.hub.tracks();
+    if tracks.is_empty() {
+        return Err(Error::unavailable(format!(
+            "stream '{name}' has produced no media yet"
+        )));
+    }
+    let content_type = if tracks.iter().any(|t| t.kind == TrackKind::Video) {
+        "video/webm"
+    } else {
+        "audio/webm"
+    };
+    Ok(watch_response(content_type))
+}
+
+fn watch_response(content_type: &'static str) -> Response {
+    let mut response = Response::new(Body::empty());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (k, v) in WATCH_HEADERS {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    response
+}
+
 /// Response headers of a watch, after the content type.
 const WATCH_HEADERS: [(&str, &str); 3] = [
     ("cache-control", "no-cache, no-store"),
@@ -112,6 +163,9 @@ pub async fn watch(
         Some(axum::Extension(c)) => (Some(c.peer), c.kill),
         None => (None, app.shutdown.child_token()),
     };
+    if method == Method::HEAD {
+        return head(&app, &name, &query, &headers, peer);
+    }
     let Admitted {
         sub,
         permit,
@@ -125,15 +179,7 @@ pub async fn watch(
         kill,
     )
     .await?;
-    let mut response = Response::new(Body::empty());
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    for (k, v) in WATCH_HEADERS {
-        h.insert(k, HeaderValue::from_static(v));
-    }
-    if method == Method::HEAD {
-        return Ok(response);
-    }
+    let mut response = watch_response(content_type);
     tracing::debug!(stream = %name, ?peer, "client joined");
     let kill: CancellationToken = sub.kill_token().clone();
     let stream = futures_util::stream::unfold((sub, permit), move |(mut sub, permit)| {

@@ -134,6 +134,8 @@ pub struct ClientShared {
     /// When the reader last had nothing left to read, ms since the hub's epoch.
     caught_up_ms: AtomicU64,
     dropped: AtomicBool,
+    /// Its subscription is gone (the client left): a fan-out thread holding its socket lets it go.
+    pub gone: AtomicBool,
 }
 
 /// Why a subscription could not start.
@@ -408,6 +410,7 @@ impl Hub {
             }),
             caught_up_ms: AtomicU64::new(self.now_ms()),
             dropped: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         });
         self.clients.lock().unwrap().insert(id, shared.clone());
         self.stats.clients_now.fetch_add(1, Ordering::Relaxed);
@@ -719,6 +722,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.shared.gone.store(true, Ordering::Release);
         self.hub.clients.lock().unwrap().remove(&self.id);
         self.hub.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
     }
@@ -1127,7 +1131,9 @@ mod tests {
                 .map(|s| s.parked.lock().unwrap().len())
                 .sum::<usize>()
         };
-        // The task ends: its socket reference and its subscription go.
+        // The task ends: its subscription goes. Another reference to the socket (here the test's) must not keep
+        // the client parked.
+        let _other = sock.clone();
         drop((back, s, sock));
         publish_gops(&mut p, 1, 1);
         let deadline = Instant::now() + Duration::from_secs(5);
