@@ -34,8 +34,6 @@ use crate::source::push;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer cap per connection; also the largest request head (larger → 431).
 pub const MAX_HEAD_BYTES: usize = 16 << 10;
-/// After shutdown, connections get this long to finish what they are sending.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Per-connection facts for handlers.
 #[derive(Debug, Clone)]
@@ -123,7 +121,9 @@ pub async fn serve(
         if send_buffer > 0 {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
         }
-        let kill = shutdown.child_token();
+        // Not the shutdown token: on shutdown a viewer's response ends with its stream, and the connection
+        // is closed only after that (or after the grace).
+        let kill = state.connections.child_token();
         let info = ConnInfo {
             peer,
             kill: kill.clone(),
@@ -132,7 +132,8 @@ pub async fn serve(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let state = state.clone();
-        tokio::spawn(async move {
+        let tasks = state.tasks.clone();
+        tasks.spawn(async move {
             let mut head = BytesMut::new();
             let sniffed = tokio::select! {
                 r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut stream, &mut head)) => r,
@@ -164,16 +165,22 @@ pub async fn serve(
             );
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, "connection error: {e}");
-                },
-                _ = kill.cancelled() => {
-                    if shutdown.is_cancelled() {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            // On shutdown: finish the request in flight (a push gets its answer), close when idle.
+            let mut graceful = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, "connection error: {e}");
+                        }
+                        break;
                     }
-                    // Otherwise the hub dropped this client: closing the socket is the point.
+                    _ = shutdown.cancelled(), if !graceful => {
+                        graceful = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    // The hub dropped this client, or shutdown's grace is over: closing the socket is the point.
+                    _ = kill.cancelled() => break,
                 }
             }
         });

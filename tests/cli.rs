@@ -39,18 +39,24 @@ fn serve_help_explains_every_option() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_binary_streams_and_stops_on_sigterm() {
-    let state = tempfile::tempdir().unwrap();
+/// A `transcast serve` child process; killed on drop if still running.
+struct Daemon {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str], state: &std::path::Path) -> Daemon {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-pace",
-            "--state-dir",
-        ])
-        .arg(state.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .args(extra)
         .env("TRANSCAST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -72,27 +78,83 @@ async fn serve_binary_streams_and_stops_on_sigterm() {
             break line[i + 5..].split_whitespace().next().unwrap().to_string();
         }
     };
-    let url = format!("http://{addr}/live/cli");
-    let (pushed, watched) = push_and_watch(&url, media(Media::OggTheoraVorbis), true).await;
-    assert_eq!(pushed.status, 200, "{}", pushed.json);
-    assert!(decode(&watched.body).video_frames >= FRAMES * 85 / 100);
+    Daemon { child, addr }
+}
 
+fn sigterm_and_wait(d: &mut Daemon, within: Duration) -> std::process::ExitStatus {
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &d.child.id().to_string()])
         .status()
         .unwrap();
     let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
+    loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            return s;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the daemon stops on SIGTERM"
-        );
+        assert!(t0.elapsed() < within, "the daemon stops on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_streams_and_stops_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
+    let mut d = serve(&["--no-pace"], state.path());
+    let url = format!("http://{}/live/cli", d.addr);
+    let (pushed, watched) = push_and_watch(&url, media(Media::OggTheoraVorbis), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert!(decode(&watched.body).video_frames >= FRAMES * 85 / 100);
+    let status = sigterm_and_wait(&mut d, Duration::from_secs(10));
     assert!(status.success(), "{status}");
+}
+
+/// SIGTERM with a live push and a viewer: the push gets its JSON answer, the viewer the clean end of its
+/// response, and the daemon exits within its grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_live_pushes_and_ends_viewers_cleanly() {
+    let state = tempfile::tempdir().unwrap();
+    let mut d = serve(&[], state.path());
+    let url = format!("http://{}/live/live", d.addr);
+    let clip = long_clip("ts");
+    let (tx, pushed) = push_stream(&url, None);
+    // Half the clip, and the upload held open: a live source.
+    for c in chunk(&clip, 16 << 10)
+        .into_iter()
+        .take(clip.len() / 2 / (16 << 10))
+    {
+        tx.send(c).await.unwrap();
+    }
+    let viewer = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let resp = open_watch(&url).await;
+            tokio::time::timeout(Duration::from_secs(20), resp.bytes()).await
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = sigterm_and_wait(&mut d, Duration::from_secs(8));
+        drop(d);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    let answer = pushed.await.unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the push got its answer: {}",
+        answer.json
+    );
+    assert_eq!(answer.json["end"], "aborted", "{}", answer.json);
+    let body = viewer
+        .await
+        .unwrap()
+        .expect("the viewer's response ends")
+        .expect("and ends cleanly");
+    assert!(body.starts_with(&EBML_MAGIC));
+    assert!(decode(&body).video_frames > 30, "what was live plays");
+    drop(tx);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::auth::FailureLog;
@@ -32,6 +33,10 @@ pub struct AppState {
     /// Token server sessions (persisted under `--state-dir`).
     pub tokens: TokenStore,
     pub auth_failures: FailureLog,
+    /// Every connection, stream and source task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled last on shutdown: closes connections still open after the streams have ended.
+    pub connections: CancellationToken,
     /// Set once at startup (the registry's collector needs the state's address).
     pub metrics: std::sync::OnceLock<prometheus_client::registry::Registry>,
 }
@@ -115,6 +120,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
         tokens,
         auth_failures: FailureLog::default(),
+        tasks: TaskTracker::new(),
+        connections: CancellationToken::new(),
         metrics: Default::default(),
         config,
     });
@@ -130,9 +137,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running { addr, state, task })
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
+/// How long shutdown waits for streams to end (their pushes answered, their viewers' responses ended) and
+/// for connections to finish what they send, before it closes whatever is left.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` is cancelled, then shuts down: no new connections; every stream ends
+/// (its sources get their JSON answer, its viewers the end of their response); once every tracked task is
+/// done, or [`SHUTDOWN_GRACE`] has passed, the remaining connections are closed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let running = start(config, shutdown).await?;
     let _ = running.task.await;
+    let state = running.state;
+    tracing::info!(
+        streams = state.registry.len(),
+        "stopped accepting; ending streams"
+    );
+    state.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tasks.len(),
+            "shutdown grace over: closing what is left"
+        );
+    }
+    state.connections.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), state.tasks.wait()).await;
+    tracing::info!("shut down");
     Ok(())
 }

@@ -210,10 +210,10 @@ async fn run(
         .registry
         .open(name, || app.new_stream(name, session.as_ref(), None))?;
     if let Some(r) = reservation {
-        tokio::spawn(stream.clone().run(r));
+        app.tasks.spawn(stream.clone().run(r));
     }
     let (feeder, rx) = stream.claim()?;
-    tokio::spawn(crate::source::run(
+    app.tasks.spawn(crate::source::run(
         stream.clone(),
         feeder.clone(),
         rx,
@@ -325,8 +325,9 @@ async fn spawn_feed(
     body: &mut Body,
 ) -> End {
     let body = std::mem::replace(body, Body::empty());
+    let tasks = app.tasks.clone();
     let (app, stream, feeder) = (app.clone(), stream.clone(), feeder.clone());
-    let task = tokio::spawn(async move {
+    let task = tasks.spawn(async move {
         let mut body = body;
         let tx = feeder.sender();
         let end = feed(&app, &stream, &feeder, &tx, &mut body).await;

@@ -210,7 +210,7 @@ async fn create_stream(
             format!("stream '{}' exists already", req.name),
         ));
     };
-    tokio::spawn(stream.clone().run(reservation));
+    app.tasks.spawn(stream.clone().run(reservation));
     if let Err(e) = stream.start_on_fallback(width, height) {
         stream.end();
         return Err(e);
