@@ -317,6 +317,14 @@ async fn head_is_not_a_viewer() {
     let data = media(Media::MpegTs);
     // Two TS packets: the stream exists, no media yet.
     tx.send(data.slice(..376)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.state.registry.get("peek").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push opened its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let t0 = std::time::Instant::now();
     let early = client().head(&url).send().await.unwrap();
     assert_eq!(early.status(), 503, "no media yet");
