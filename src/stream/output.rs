@@ -69,11 +69,6 @@ pub struct TrackOut {
 }
 
 impl TrackOut {
-    /// Hands a buffer (already stamped with stream time) to the track; never blocks.
-    pub fn push(&self, buffer: gst::Buffer) {
-        let _ = self.appsrc.push_buffer(buffer);
-    }
-
     /// A handle to push from outside the stream's lock.
     pub fn input(&self) -> TrackInputHandle {
         TrackInputHandle(self.appsrc.clone())
@@ -243,11 +238,6 @@ impl Output {
         self.pipeline
             .debug_to_dot_data(gst::DebugGraphDetails::all())
             .to_string()
-    }
-
-    /// Whether any track is encoded by the stream.
-    pub fn transcodes(&self) -> bool {
-        self.permit.lock().is_ok_and(|p| p.is_some())
     }
 
     /// Notes a buffer's stream time against the wall clock as it enters (re-anchoring after a stall), so the
