@@ -1009,3 +1009,59 @@ async fn token_server_streams_are_created_for_a_session_and_taken_by_its_key() {
         .await;
     assert_eq!(s["resumes"], 1, "{s}");
 }
+
+/// Concurrent PATCHes of a stream's RTP targets all take effect: each is one atomic edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rtp_patches_are_all_kept() {
+    let server = Server::start(|a| a.pace = true).await;
+    let url = server.url("multi");
+    let (tx, held) = push_stream(&url, None);
+    let data = media(Media::MpegTs);
+    let feeder = tokio::spawn(async move {
+        for c in chunk(&data, 16 << 10) {
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let _watch = open_watch(&url).await;
+    let patch_url = format!("http://{}/api/v1/streams/multi/rtp", server.addr);
+    let patches: Vec<_> = (0..16u16)
+        .map(|i| {
+            let target = format!("127.0.0.1:{}", 41000 + 8 * i);
+            let req = client()
+                .patch(&patch_url)
+                .header("content-type", "application/json")
+                .body(json!({"add": [target]}).to_string());
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for p in patches {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    let api = Api { server: &server };
+    let (st, v) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/multi/rtp",
+            "/api/v1/streams/{name}/rtp",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let mut got: Vec<String> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..16u16)
+        .map(|i| format!("127.0.0.1:{}", 41000 + 8 * i))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "no PATCH was lost");
+    feeder.abort();
+    drop(held);
+}

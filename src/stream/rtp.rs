@@ -119,7 +119,14 @@ impl RtpOutput {
             .rtpbin
             .upgrade()
             .ok_or_else(|| Error::pipeline("rtpbin gone"))?;
-        let targets = self.targets.lock().unwrap().clone();
+        // `sessions` is held from reading the targets to registering the session, and target changes take it
+        // first: a change can neither slip in between (leaving this branch with stale targets) nor be lost.
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let valve = gst::ElementFactory::make("valve")
             .property("drop", targets.is_empty())
             .property_from_str("drop-mode", "forward-sticky-events")
@@ -184,7 +191,7 @@ impl RtpOutput {
         tee_src
             .link(&valve.static_pad("sink").expect("valve has a sink"))
             .map_err(|e| Error::pipeline(format!("linking the RTP tap: {e:?}")))?;
-        self.sessions.lock().unwrap().push(Session {
+        sessions.push(Session {
             index,
             media,
             valve: valve.downgrade(),
@@ -202,7 +209,22 @@ impl RtpOutput {
 
     /// Replaces the target list on the running pipeline (no restart; HTTP untouched).
     pub fn set_targets(&self, targets: Vec<SocketAddr>) {
-        let sessions = self.sessions.lock().unwrap();
+        self.edit_targets(|_| targets);
+    }
+
+    /// Changes the target list atomically: `edit` gets the current list and returns the new one, with no
+    /// other change in between (two PATCHes at once both take effect). Returns the new list.
+    pub fn edit_targets(
+        &self,
+        edit: impl FnOnce(Vec<SocketAddr>) -> Vec<SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let targets = edit(current);
         for s in sessions.iter() {
             if let (Some(rtp), Some(rtcp), Some(valve)) = (
                 s.rtp_sink.upgrade(),
@@ -214,7 +236,8 @@ impl RtpOutput {
                 valve.set_property("drop", targets.is_empty());
             }
         }
-        *self.targets.lock().unwrap() = targets;
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets.clone();
+        targets
     }
 
     /// An SDP for `target` from the payloaders' negotiated caps.

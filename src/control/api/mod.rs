@@ -318,14 +318,13 @@ async fn patch_rtp(
         .iter()
         .map(|t| crate::stream::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
-    let kept: Vec<_> = shared
-        .rtp()
-        .targets()
-        .into_iter()
-        .filter(|t| !remove.contains(t))
-        .collect();
-    let targets = crate::stream::rtp::merge_targets(&kept, add);
-    shared.rtp().set_targets(targets.clone());
+    let targets = shared.rtp().edit_targets(|current| {
+        let kept: Vec<_> = current
+            .into_iter()
+            .filter(|t| !remove.contains(t))
+            .collect();
+        crate::stream::rtp::merge_targets(&kept, add)
+    });
     tracing::info!(stream = %name, ?targets, "RTP targets edited");
     Ok(targets_json(&targets))
 }
