@@ -361,6 +361,11 @@ async fn truncated_input_ends_the_stream_cleanly() {
     let half = data.slice(..data.len() / 2);
     let (pushed, watched) = push_and_watch(&server.url("trunc"), half, false).await;
     assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert_eq!(
+        pushed.json["end"], "eos",
+        "the whole (short) body was taken"
+    );
+    assert_eq!(pushed.json["bytes_in"], data.len() / 2);
     let d = decode(&watched.body);
     assert!(
         d.video_frames > 10 && d.video_frames < FRAMES,
@@ -493,7 +498,27 @@ async fn client_limit_answers_503() {
     let first = open_watch(&url).await;
     let second = client().get(&url).send().await.unwrap();
     assert_eq!(second.status(), 503);
+    let e: serde_json::Value = serde_json::from_slice(&second.bytes().await.unwrap()).unwrap();
+    assert_eq!(e["error"]["code"], "limit_reached", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-clients 1"),
+        "{e}"
+    );
+    // The slot frees when the first client leaves.
     drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = client().get(&url).send().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "the slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(tx);
     push.await.unwrap();
 }
