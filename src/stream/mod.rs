@@ -767,27 +767,14 @@ impl Stream {
             let Some(t) = inner.tracks.iter_mut().find(|t| t.out.kind == *kind) else {
                 continue;
             };
-            let Some(input) = t.raw_input() else {
-                continue;
-            };
-            let mut b = frame.copy();
-            let duration = frame.duration().map_or(0, |d| d.nseconds());
-            {
-                let b = b.make_mut();
-                b.set_pts(gst::ClockTime::from_nseconds(at));
-                b.set_dts(gst::ClockTime::NONE);
-            }
-            t.last_pts = Some(at);
-            t.end = at + duration;
-            self.output.clock_in(at);
-            input.push(b);
+            fill(&self.output, t, frame.copy(), at);
         }
         true
     }
 
     /// Pushes a buffer of the fallback file (its loop `iteration`), stamped so each iteration continues where
     /// the stream is. False once the stream is no longer on its fallback.
-    fn push_file(&self, iteration: u64, kind: TrackKind, mut buffer: gst::Buffer) -> bool {
+    fn push_file(&self, iteration: u64, kind: TrackKind, buffer: gst::Buffer) -> bool {
         let mut inner = self.inner();
         if self.state() != State::Fallback || inner.on_air.is_some() {
             return false;
@@ -810,23 +797,10 @@ impl Stream {
         let Some(t) = inner.tracks.iter_mut().find(|t| t.out.kind == kind) else {
             return true;
         };
-        let Some(input) = t.raw_input() else {
-            return true;
-        };
         let out = (pts as i64 + offset).max(0) as u64;
-        if t.last_pts.is_some_and(|l| out < l) {
-            return true;
+        if t.last_pts.is_none_or(|l| out >= l) {
+            fill(&self.output, t, buffer, out);
         }
-        let duration = buffer.duration().map_or(0, |d| d.nseconds());
-        {
-            let b = buffer.make_mut();
-            b.set_pts(gst::ClockTime::from_nseconds(out));
-            b.set_dts(gst::ClockTime::NONE);
-        }
-        t.last_pts = Some(out);
-        t.end = out + duration;
-        self.output.clock_in(out);
-        input.push(buffer);
         true
     }
 
@@ -910,6 +884,24 @@ impl Stream {
 }
 
 use futures_util::StreamExt;
+
+/// Puts a fallback buffer (slate or file) on a track at stream time `at`, as raw media (a transcoded track,
+/// or a passthrough track's re-encoder).
+fn fill(output: &Output, t: &mut Track, mut buffer: gst::Buffer, at: u64) {
+    let Some(input) = t.raw_input() else {
+        return;
+    };
+    let duration = buffer.duration().map_or(0, |d| d.nseconds());
+    {
+        let b = buffer.make_mut();
+        b.set_pts(gst::ClockTime::from_nseconds(at));
+        b.set_dts(gst::ClockTime::NONE);
+    }
+    t.last_pts = Some(at);
+    t.end = at + duration;
+    output.clock_in(at);
+    input.push(buffer);
+}
 
 /// Output bus messages that end a stream.
 enum OutputEvent {
