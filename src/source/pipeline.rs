@@ -23,6 +23,7 @@ use gstreamer_app as gst_app;
 
 use crate::error::{Error, Kind, Result};
 use crate::source::detect::Detected;
+use crate::stream::output::no_panic;
 use crate::stream::pacing::Pacer;
 use crate::stream::webm::TrackKind;
 use crate::stream::{Offer, Stamp, Stream};
@@ -110,23 +111,31 @@ impl SourcePipeline {
             // decodebin's pads are raw; the codecs are seen while it autoplugs.
             let s = Arc::downgrade(&shared);
             front.connect("autoplug-continue", false, move |args| {
-                if let (Some(s), Ok(caps)) = (s.upgrade(), args[2].get::<gst::Caps>()) {
-                    record_codec(&s, &caps);
+                if let (Some(s), Ok(caps), Ok(el)) = (
+                    s.upgrade(),
+                    args[2].get::<gst::Caps>(),
+                    args[0].get::<gst::Element>(),
+                ) {
+                    no_panic(&el, "autoplug-continue", (), || record_codec(&s, &caps));
                 }
                 Some(true.to_value())
             });
         }
         let b = builder.clone();
-        front.connect_no_more_pads(move |_| {
-            b.stream.note_codecs(b.id, b.shared.codecs().clone());
-            if let Err(e) = b.stream.tracks_complete(b.id) {
-                b.fail(e);
-            }
+        front.connect_no_more_pads(move |el| {
+            no_panic(el, "no-more-pads", (), || {
+                b.stream.note_codecs(b.id, b.shared.codecs().clone());
+                if let Err(e) = b.stream.tracks_complete(b.id) {
+                    b.fail(e);
+                }
+            })
         });
-        front.connect_pad_added(move |_, pad| {
-            if let Err(e) = builder.on_front_pad(pad) {
-                builder.fail(e);
-            }
+        front.connect_pad_added(move |el, pad| {
+            no_panic(el, "pad-added", (), || {
+                if let Err(e) = builder.on_front_pad(pad) {
+                    builder.fail(e);
+                }
+            })
         });
         if pipeline.set_state(gst::State::Playing).is_err() {
             let _ = pipeline.set_state(gst::State::Null);
@@ -326,12 +335,14 @@ impl Builder {
             let decoder = self.templates.element(Part::Decode)?;
             pipeline.add(&decoder)?;
             let target = sink_pad.downgrade();
-            decoder.connect_pad_added(move |_, dpad| {
-                if let Some(t) = target.upgrade()
-                    && !t.is_linked()
-                {
-                    let _ = dpad.link(&t);
-                }
+            decoder.connect_pad_added(move |el, dpad| {
+                no_panic(el, "pad-added", (), || {
+                    if let Some(t) = target.upgrade()
+                        && !t.is_linked()
+                    {
+                        let _ = dpad.link(&t);
+                    }
+                })
             });
             decoder.sync_state_with_parent()?;
             pad.link(&decoder.static_pad("sink").expect("decodebin has a sink"))

@@ -598,6 +598,25 @@ pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
     Ok(())
 }
 
+/// Runs a GStreamer signal handler (pad-added, no-more-pads, ...) so that no panic crosses into C, where it
+/// would abort the whole daemon: a panic becomes an error message on `element`'s bus, which ends the source or
+/// stream it belongs to and nothing else.
+pub fn no_panic<T>(element: &gst::Element, what: &str, default: T, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(element = %element.path_string(), "{what} panicked: {why}");
+            gst::element_error!(element, gst::CoreError::Failed, ("{what} panicked: {why}"));
+            default
+        }
+    }
+}
+
 /// Raw media is converted to a stream's caps by these (never client input; the caps are set in code).
 const VIDEO_CONFORM: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=1000000000 \
     ! videoconvert ! videoscale ! videorate ! capsfilter name=caps";
@@ -640,4 +659,41 @@ pub fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<u64> {
     let seg = pad.sticky_event::<gst::event::Segment>(0)?;
     let seg = seg.segment().downcast_ref::<gst::ClockTime>()?.clone();
     seg.to_running_time(pts).map(|t| t.nseconds())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bug in a signal handler ends that pipeline with an error; it does not abort the process (a panic
+    /// unwinding into GStreamer's C code would).
+    #[test]
+    fn a_panicking_signal_handler_becomes_a_pipeline_error() {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch("audiotestsrc num-buffers=5 ! decodebin name=d")
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let d = pipeline.by_name("d").unwrap();
+        d.connect_pad_added(|el, _pad| {
+            no_panic(el, "pad-added", (), || panic!("a bug"));
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let msg = pipeline
+            .bus()
+            .unwrap()
+            .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error]);
+        let _ = pipeline.set_state(gst::State::Null);
+        let Some(msg) = msg else {
+            panic!("no error posted")
+        };
+        let gst::MessageView::Error(e) = msg.view() else {
+            unreachable!()
+        };
+        assert!(
+            e.error().to_string().contains("pad-added panicked: a bug"),
+            "{}",
+            e.error()
+        );
+    }
 }

@@ -66,40 +66,10 @@ fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Re
     let weak = pipeline.downgrade();
     let taken = std::sync::Mutex::new(Vec::<TrackKind>::new());
     let s = stream.clone();
-    decode.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let kind = match caps.structure(0).map(|s| s.name().to_string()) {
-            Some(n) if n.starts_with("video/") => TrackKind::Video,
-            Some(n) if n.starts_with("audio/") => TrackKind::Audio,
-            _ => TrackKind::Other,
-        };
-        let wanted = tracks
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, c)| c.clone());
-        let first = taken
-            .lock()
-            .map(|mut t| {
-                !t.contains(&kind) && {
-                    t.push(kind);
-                    true
-                }
-            })
-            .unwrap_or(false);
-        let linked = match wanted.filter(|_| first) {
-            Some(caps) => link_file_track(&pipeline, pad, kind, &caps, s.clone(), iteration),
-            None => super::output::discard(&pipeline, pad),
-        };
-        if let Err(e) = linked {
-            gst::element_error!(
-                pipeline,
-                gst::CoreError::Negotiation,
-                ("fallback file: {}", e.message)
-            );
-        }
+    decode.connect_pad_added(move |el, pad| {
+        super::output::no_panic(el, "pad-added", (), || {
+            link_any(&weak, &taken, &tracks, &s, pad, iteration)
+        })
     });
     let bus = pipeline.bus().expect("a pipeline has a bus");
     pipeline.set_state(gst::State::Playing)?;
@@ -121,6 +91,50 @@ fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Re
     };
     let _ = pipeline.set_state(gst::State::Null);
     result
+}
+
+/// A pad of the fallback file's decodebin: the first of each kind the stream has goes to it, the rest nowhere.
+fn link_any(
+    weak: &glib::WeakRef<gst::Pipeline>,
+    taken: &std::sync::Mutex<Vec<TrackKind>>,
+    tracks: &[(TrackKind, gst::Caps)],
+    s: &Arc<Stream>,
+    pad: &gst::Pad,
+    iteration: u64,
+) {
+    let Some(pipeline) = weak.upgrade() else {
+        return;
+    };
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    let kind = match caps.structure(0).map(|s| s.name().to_string()) {
+        Some(n) if n.starts_with("video/") => TrackKind::Video,
+        Some(n) if n.starts_with("audio/") => TrackKind::Audio,
+        _ => TrackKind::Other,
+    };
+    let wanted = tracks
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, c)| c.clone());
+    let first = taken
+        .lock()
+        .map(|mut t| {
+            !t.contains(&kind) && {
+                t.push(kind);
+                true
+            }
+        })
+        .unwrap_or(false);
+    let linked = match wanted.filter(|_| first) {
+        Some(caps) => link_file_track(&pipeline, pad, kind, &caps, s.clone(), iteration),
+        None => super::output::discard(&pipeline, pad),
+    };
+    if let Err(e) = linked {
+        gst::element_error!(
+            pipeline,
+            gst::CoreError::Negotiation,
+            ("fallback file: {}", e.message)
+        );
+    }
 }
 
 /// decodebin pad ─ conform (the stream's caps) ─ appsink (real time) ─► the stream.
