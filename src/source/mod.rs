@@ -286,7 +286,7 @@ async fn feed(
 
 /// Tells the source's requests and its stream how it ended.
 fn finish(stream: &Arc<Stream>, feeder: &Feeder, pipeline: &SourcePipeline, outcome: Outcome) {
-    let started = feeder.started();
+    let started = feeder.status.borrow().on_air;
     stream.note_codecs(feeder.id, pipeline.input_codecs());
     let (end, detach) = match outcome {
         Outcome::Drained => {

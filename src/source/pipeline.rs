@@ -242,6 +242,8 @@ impl Builder {
     fn fail(&self, e: Error) {
         tracing::warn!(stream = %self.stream.name, source = self.id, "{}", e.message);
         let msg = e.message.clone();
+        // At once, not when the source task reads the bus: a push answered in between would say 200.
+        self.stream.source_failed(self.id, e.clone());
         self.shared
             .failure
             .lock()

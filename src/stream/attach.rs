@@ -46,8 +46,12 @@ pub enum Feed {
 /// How a source is doing, for the requests that feed it.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    /// Its media reached the stream.
+    /// Its media reached the stream and all its tracks are known (so no track can still be refused).
     pub started: bool,
+    /// Its first buffer went on air.
+    pub on_air: bool,
+    /// Its demuxer announced all its tracks.
+    pub tracks_known: bool,
     /// It failed before any of its media reached the stream (the error its request answers with).
     pub failed: Option<Error>,
     /// It is done.
@@ -153,9 +157,5 @@ impl Feeder {
     /// has taken every byte. The source cannot go on without more input.
     pub fn starved(&self) -> bool {
         self.queued.get().is_none_or(|q| q() == 0)
-    }
-
-    pub fn started(&self) -> bool {
-        self.status.borrow().started
     }
 }

@@ -527,9 +527,25 @@ impl Stream {
         Ok(())
     }
 
-    /// The first source has announced all its tracks: the stream's are fixed.
+    /// A source's track was refused (no decoder, a limit, a mismatch): its request answers with `e`, even if
+    /// another of its tracks already went on air.
+    pub fn source_failed(&self, id: u64, e: Error) {
+        if let Some(c) = self.inner().current.as_ref().filter(|c| c.feeder.id == id) {
+            c.feeder.status.send_modify(|s| {
+                s.failed.get_or_insert(e);
+            });
+        }
+    }
+
+    /// A source has announced all its tracks; the first source's make the stream's.
     pub fn tracks_complete(&self, id: u64) -> Result<()> {
         let mut inner = self.inner();
+        if let Some(c) = inner.current.as_ref().filter(|c| c.feeder.id == id) {
+            c.feeder.status.send_modify(|s| {
+                s.tracks_known = true;
+                s.started = s.on_air && s.failed.is_none();
+            });
+        }
         if !inner.tracks_open || !inner.is_current(id) {
             return Ok(());
         }
@@ -586,7 +602,10 @@ impl Stream {
                 inner.on_air = Some((id, off));
                 let feeder = current.feeder.clone();
                 self.go_on_air(inner);
-                feeder.status.send_modify(|s| s.started = true);
+                feeder.status.send_modify(|s| {
+                    s.on_air = true;
+                    s.started = s.tracks_known && s.failed.is_none();
+                });
                 off
             }
         };
