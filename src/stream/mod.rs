@@ -3,13 +3,13 @@
 //! ```text
 //!  source A (push) ──┐                     ┌─ on air: stamp (source time + offset) ─► output ─► hub ─► viewers
 //!  source B (resume) ┼─► Stream::stamp ────┤
-//!  slate (fallback) ─┘                     └─ off air: dropped (a replaced source stops)
+//!  fallback (slate) ─┘                     └─ off air: dropped (a replaced source stops)
 //! ```
 //!
 //! One source is *current* at a time. Its first buffer puts it on air: the offset that maps its timestamps
 //! onto the stream's is chosen so it continues where the stream is, so output time is monotonic for the
 //! stream's whole life and every viewer keeps one response with one header. When the current source is lost
-//! (connection broken, timeout, decode error) the stream switches to its fallback (`--fallback slate`) for
+//! (connection broken, timeout, decode error) the stream switches to its fallback (the slate, or a file) for
 //! `--linger`, and a new push takes it back; a source that ends cleanly (after `--resume-grace`) ends it.
 //!
 //! The switch happens on raw media before the stream's encoders ([`output`]), so encoders, writer and hub
