@@ -108,6 +108,17 @@ impl Api<'_> {
     }
 }
 
+/// `POST /api/v1/streams` with `body`.
+async fn create(api: &Api<'_>, body: Value) -> (u16, Value) {
+    api.call(
+        Method::POST,
+        "/api/v1/streams",
+        "/api/v1/streams",
+        Some(body),
+    )
+    .await
+}
+
 async fn add_token(api: &Api<'_>, body: Value) -> Value {
     let (st, v) = api
         .call(Method::POST, "/api/v1/tokens", "/api/v1/tokens", Some(body))
@@ -857,25 +868,15 @@ async fn stream_created_through_the_api_shows_its_slate_then_its_source() {
     })
     .await;
     let api = Api { server: &server };
-    let (st, s) = api
-        .call(
-            Method::POST,
-            "/api/v1/streams",
-            "/api/v1/streams",
-            Some(json!({"name": "lobby", "linger": 20, "width": 320, "height": 240})),
-        )
-        .await;
+    let (st, s) = create(
+        &api,
+        json!({"name": "lobby", "linger": 20, "width": 320, "height": 240}),
+    )
+    .await;
     assert_eq!(st, 201, "{s}");
     assert_eq!(s["state"], "fallback");
     assert!(s["source"].is_null());
-    let (st, e) = api
-        .call(
-            Method::POST,
-            "/api/v1/streams",
-            "/api/v1/streams",
-            Some(json!({"name": "lobby"})),
-        )
-        .await;
+    let (st, e) = create(&api, json!({"name": "lobby"})).await;
     assert_eq!(
         (st, e["error"]["code"].as_str()),
         (409, Some("stream_busy"))
@@ -886,14 +887,7 @@ async fn stream_created_through_the_api_shows_its_slate_then_its_source() {
         json!({"name": "x", "width": 100000}),
         json!({"name": "x", "colour": 1}),
     ] {
-        let (st, e) = api
-            .call(
-                Method::POST,
-                "/api/v1/streams",
-                "/api/v1/streams",
-                Some(bad.clone()),
-            )
-            .await;
+        let (st, e) = create(&api, bad.clone()).await;
         assert_eq!(st, 400, "{bad}: {e}");
     }
 
@@ -953,14 +947,7 @@ async fn token_server_streams_are_created_for_a_session_and_taken_by_its_key() {
     })
     .await;
     let api = Api { server: &server };
-    let (st, e) = api
-        .call(
-            Method::POST,
-            "/api/v1/streams",
-            "/api/v1/streams",
-            Some(json!({"name": "studio"})),
-        )
-        .await;
+    let (st, e) = create(&api, json!({"name": "studio"})).await;
     assert_eq!(
         (st, e["error"]["code"].as_str()),
         (404, Some("not_found")),
@@ -972,14 +959,7 @@ async fn token_server_streams_are_created_for_a_session_and_taken_by_its_key() {
     )
     .await;
     let key = t["push_key"].as_str().unwrap().to_string();
-    let (st, s) = api
-        .call(
-            Method::POST,
-            "/api/v1/streams",
-            "/api/v1/streams",
-            Some(json!({"name": "studio", "linger": 30})),
-        )
-        .await;
+    let (st, s) = create(&api, json!({"name": "studio", "linger": 30})).await;
     assert_eq!(st, 201, "{s}");
     assert_eq!(s["state"], "fallback");
     let url = server.url("studio");

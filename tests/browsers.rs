@@ -384,7 +384,6 @@ async fn advances_past(client: &Client, browser: &str, what: &str, t: f64) -> f6
 /// A source (`first`: "ts" transcoded, "webm" passed through) killed mid-stream, then an MPEG-TS source pushed:
 /// the same `<video>` keeps playing through the slate and on with the new source, no error, no reload.
 async fn failover_case(client: &Client, browser: &str, first: &str) {
-    use tokio::io::AsyncWriteExt;
     let server = Server::start(|a| {
         a.pace = true;
         a.fallback = transcast::config::Fallback::Slate;
@@ -393,21 +392,11 @@ async fn failover_case(client: &Client, browser: &str, first: &str) {
     let name = format!("{browser}-failover-{first}");
     let clip = long_clip(first);
     // A chunked push over a bare socket, cut without its terminator: the source is lost, not finished.
-    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    sock.write_all(
-        format!("PUT /live/{name} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut sock = raw_push(&server, &name).await;
     // About real time (the clip is 12 s), so the cut below falls mid-body; the socket lives in the task.
     let feeding = tokio::spawn(async move {
         for c in chunk(&clip, 16 << 10) {
-            let head = format!("{:x}\r\n", c.len());
-            if sock.write_all(head.as_bytes()).await.is_err()
-                || sock.write_all(&c).await.is_err()
-                || sock.write_all(b"\r\n").await.is_err()
-            {
+            if try_send_chunk(&mut sock, &c).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -122,28 +122,6 @@ async fn wait_state(
     }
 }
 
-/// A chunked push over a bare socket, so a test can cut it mid-body (the client dies, no terminator).
-async fn raw_push(server: &Server, name: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    sock.write_all(
-        format!("PUT /live/{name} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    sock
-}
-
-async fn send_chunk(sock: &mut tokio::net::TcpStream, data: &[u8]) {
-    use tokio::io::AsyncWriteExt;
-    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-        .await
-        .unwrap();
-    sock.write_all(data).await.unwrap();
-    sock.write_all(b"\r\n").await.unwrap();
-}
-
 /// Starts a push of the first `chunks` 16 KiB pieces of `data` over a bare socket (cut it by dropping it), a
 /// viewer capturing the stream, and waits until the stream is live.
 async fn cuttable_push(

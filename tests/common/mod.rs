@@ -279,6 +279,32 @@ pub async fn push(url: &str, data: Bytes, chunked: bool) -> PushResult {
     task.await.unwrap()
 }
 
+/// A chunked push over a bare socket, so a test can cut it mid-body (the client dies, no terminator).
+pub async fn raw_push(server: &Server, name: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(
+        format!("PUT /live/{name} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    sock
+}
+
+/// One chunk of a [`raw_push`].
+pub async fn try_send_chunk(sock: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    sock.write_all(data).await?;
+    sock.write_all(b"\r\n").await
+}
+
+pub async fn send_chunk(sock: &mut tokio::net::TcpStream, data: &[u8]) {
+    try_send_chunk(sock, data).await.unwrap();
+}
+
 pub fn chunk(data: &Bytes, size: usize) -> Vec<Bytes> {
     (0..data.len())
         .step_by(size)
