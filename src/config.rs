@@ -63,6 +63,57 @@ fn parse_fallback(v: &str) -> Result<Fallback, String> {
     }
 }
 
+/// `--pull NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullArg {
+    pub name: String,
+    pub url: String,
+}
+
+/// `NAME=URL` with a `scheme://` URL (the name is checked with the stream name rules at startup).
+fn parse_pull(v: &str) -> Result<PullArg, String> {
+    let (name, url) = v
+        .split_once('=')
+        .ok_or_else(|| format!("--pull {v}: expected NAME=URL"))?;
+    check_url(url).map_err(|e| format!("--pull {v}: {e}"))?;
+    Ok(PullArg {
+        name: name.to_string(),
+        url: url.to_string(),
+    })
+}
+
+/// An origin is another transcast (or anything serving `/live/NAME` the same way) over plain HTTP.
+fn parse_origin(v: &str) -> Result<String, String> {
+    check_url(v).map_err(|e| format!("--origin {v}: {e}"))?;
+    if !v.starts_with("http://") {
+        return Err(format!(
+            "--origin {v}: an origin is an http:// URL (put TLS in front of the edges, not between them)"
+        ));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+/// A URL with a scheme, no whitespace or control characters.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("a URL starts with scheme:// (http://, srt://, udp://...)".into());
+    };
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok || rest.is_empty() {
+        return Err("a URL starts with scheme:// and names a host or path".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a URL has no spaces or control characters".into());
+    }
+    Ok(())
+}
+
 /// Options of `transcast serve`. Each field documents its default; `--help` prints the same text.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -162,6 +213,37 @@ pub struct ServeArgs {
     /// it as soon as the input is played out.
     #[arg(long, default_value_t = 2.0)]
     pub resume_grace: f64,
+
+    /// A stream read from a URL, always on (repeatable): `NAME=URL`. Any byte stream GStreamer reads:
+    /// `http://`, `https://`, `srt://`, `udp://` (MPEG-TS), `tcp://`, `file://`, in any container transcast
+    /// reads from a push. A pull that fails or ends is retried with backoff (1 s doubling to 10 s, with jitter)
+    /// while its stream shows its fallback.
+    #[arg(long = "pull", value_name = "NAME=URL", value_parser = parse_pull)]
+    pub pull: Vec<PullArg>,
+
+    /// Edge mode: the origin to relay streams from (`http://host:port`; repeatable, tried in order, the next
+    /// one when one fails). A watch of a name this server does not have pulls `ORIGIN/live/NAME` on demand,
+    /// remuxed as it comes, and shares it with every viewer of that name here.
+    #[arg(long = "origin", value_name = "URL", value_parser = parse_origin)]
+    pub origin: Vec<String>,
+
+    /// The key this edge presents to its origins (`Authorization: Bearer KEY`), so it may relay streams whose
+    /// session needs a view key; it then checks each of its own viewers' keys with the origin.
+    #[arg(long, env = "TRANSCAST_ORIGIN_KEY", hide_env_values = true)]
+    pub origin_key: Option<String>,
+
+    /// On an origin: the key its edges present (their `--origin-key`). It stands in for any stream's view key.
+    #[arg(long, env = "TRANSCAST_EDGE_KEY", hide_env_values = true)]
+    pub edge_key: Option<String>,
+
+    /// Seconds a viewer of an edge waits for an on-demand pull to deliver its first media (then 504, or 404 when
+    /// the origin has no such stream).
+    #[arg(long, default_value_t = 10.0)]
+    pub pull_start_timeout: f64,
+
+    /// Seconds an on-demand pull stays open after its last viewer left.
+    #[arg(long, default_value_t = 20.0)]
+    pub pull_linger: f64,
 
     /// Write-coalescing window in milliseconds: clients are woken at most once per window and get everything
     /// published in it in one go. Fewer wake-ups and writes per client (CPU), at up to one window of added
@@ -272,6 +354,14 @@ pub struct Config {
     /// RTP/UDP targets of every stream.
     pub rtp_targets: Vec<std::net::SocketAddr>,
     pub rtp_allow: Vec<ipnet::IpNet>,
+    /// Always-on pulls.
+    pub pulls: Vec<PullArg>,
+    /// Edge mode: origins in the order they are tried (no trailing slash); empty = not an edge.
+    pub origins: Vec<String>,
+    pub origin_key: Option<String>,
+    pub edge_key: Option<String>,
+    pub pull_start_timeout: Duration,
+    pub pull_linger: Duration,
 }
 
 impl Config {
@@ -389,6 +479,12 @@ impl Config {
                 a.rtp_target.clone()
             },
             state_dir: a.state_dir,
+            pulls: a.pull,
+            origins: a.origin,
+            origin_key: a.origin_key.filter(|k| !k.is_empty()),
+            edge_key: a.edge_key.filter(|k| !k.is_empty()),
+            pull_start_timeout: secs("pull-start-timeout", a.pull_start_timeout)?,
+            pull_linger: secs("pull-linger", a.pull_linger)?,
         })
     }
 }
@@ -442,6 +538,33 @@ mod tests {
         let e = parse_fallback("/nonexistent/bars.webm").unwrap_err();
         assert!(e.contains("slate, none, or a media file"), "{e}");
         assert_eq!(Config::default().fallback, Fallback::Slate);
+    }
+
+    #[test]
+    fn pulls_and_origins_need_urls() {
+        assert_eq!(
+            parse_pull("lobby=srt://127.0.0.1:9000?mode=caller"),
+            Ok(PullArg {
+                name: "lobby".into(),
+                url: "srt://127.0.0.1:9000?mode=caller".into()
+            })
+        );
+        assert!(parse_pull("lobby").unwrap_err().contains("NAME=URL"));
+        assert!(
+            parse_pull("lobby=/tmp/x.ts")
+                .unwrap_err()
+                .contains("scheme://")
+        );
+        assert!(parse_pull("a=http://x/ y").is_err());
+        assert_eq!(
+            parse_origin("http://10.0.0.1:8080/"),
+            Ok("http://10.0.0.1:8080".into())
+        );
+        assert!(
+            parse_origin("srt://10.0.0.1:9000")
+                .unwrap_err()
+                .contains("http://")
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Kind {
     UnsupportedMedia,
     /// A configured limit (streams, clients, transcodes) is reached.
     Unavailable,
+    /// An upstream (an edge's origin, a pull's URL) refused or failed.
+    BadGateway,
+    /// An upstream did not deliver in time (`--pull-start-timeout`).
+    GatewayTimeout,
     /// A template or pipeline failed for reasons that are not the client's fault.
     Pipeline,
     /// Anything else internal.
@@ -46,6 +50,8 @@ impl Kind {
             Kind::BadOffset => StatusCode::RANGE_NOT_SATISFIABLE,
             Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::BadGateway => StatusCode::BAD_GATEWAY,
+            Kind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +67,8 @@ impl Kind {
             Kind::BadOffset => "bad_offset",
             Kind::UnsupportedMedia => "unsupported_media",
             Kind::Unavailable => "limit_reached",
+            Kind::BadGateway => "upstream_failed",
+            Kind::GatewayTimeout => "upstream_timeout",
             Kind::Pipeline => "pipeline_error",
             Kind::Internal => "internal_error",
         }

@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/streams/{name}/rtp"),
     ("patch", "/api/v1/streams/{name}/rtp"),
     ("get", "/api/v1/streams/{name}/sdp"),
+    ("get", "/api/v1/pulls"),
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/tokens/{session_id}"),
@@ -255,7 +256,8 @@ fn watch_request(req: &httparse::Request<'_, '_>) -> Sniffed {
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body || headers.contains_key(header::EXPECT) {
+    // A relay (another transcast) gets hyper's chunked response, whose terminator tells a clean end.
+    if has_body || headers.contains_key(header::EXPECT) || progressive::is_relay(&headers) {
         return Sniffed::Other;
     }
     // As the router's query map: the last one wins.
@@ -274,7 +276,7 @@ fn watch_request(req: &httparse::Request<'_, '_>) -> Sniffed {
 /// Admits a raw-path watcher and serves it, or answers its error (JSON, as the router would) and closes.
 async fn watch_raw(
     mut stream: TcpStream,
-    state: &AppState,
+    state: &Arc<AppState>,
     name: &str,
     token: Option<&str>,
     headers: &HeaderMap,

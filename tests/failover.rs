@@ -69,59 +69,6 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn ebml_headers(data: &[u8]) -> usize {
-    data.windows(4).filter(|w| *w == EBML_MAGIC).count()
-}
-
-/// Reads a response to its end (or until `limit`), returning what came and whether it ended cleanly.
-async fn capture(resp: reqwest::Response, limit: Duration) -> (Vec<u8>, bool) {
-    use futures_util::StreamExt;
-    let mut body = resp.bytes_stream();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, body.next()).await {
-            Ok(Some(Ok(b))) => out.extend_from_slice(&b),
-            Ok(Some(Err(_))) => return (out, false),
-            Ok(None) => return (out, true),
-            Err(_) => return (out, false),
-        }
-    }
-}
-
-async fn stream_json(server: &Server, name: &str) -> serde_json::Value {
-    client()
-        .get(format!("http://{}/api/v1/streams/{name}", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap_or_default())
-        .unwrap()
-}
-
-/// Waits (up to `within`) until the stream's API state is `state`.
-async fn wait_state(
-    server: &Server,
-    name: &str,
-    state: &str,
-    within: Duration,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let v = stream_json(server, name).await;
-        if v["state"] == state {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never became {state}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Starts a push of the first `chunks` 16 KiB pieces of `data` over a bare socket (cut it by dropping it), a
 /// viewer capturing the stream, and waits until the stream is live.
 async fn cuttable_push(

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::control::auth::FailureLog;
 use crate::control::tokens::{Session, TokenStore};
 use crate::error::{Error, Result};
+use crate::source::pull::{Pull, PullKind};
 use crate::stream::hub::{Hub, HubConfig};
 use crate::stream::output::{Output, OutputContext};
 use crate::stream::registry::Registry;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub connections: CancellationToken,
     /// Set once at startup (the registry's collector needs the state's address).
     pub metrics: std::sync::OnceLock<prometheus_client::registry::Registry>,
+    /// Declared pulls (`--pull`, the API) and an edge's on-demand pulls.
+    pub pulls: crate::source::pull::Pulls,
+    /// An edge's recent answers from its origin on whether a viewer key may watch a stream.
+    pub view_checks: crate::output::progressive::ViewChecks,
 }
 
 impl AppState {
@@ -106,6 +111,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &config.encode,
     )?);
     let tokens = TokenStore::open(&config.state_dir)?;
+    for p in &config.pulls {
+        crate::stream::registry::validate_name(&p.name)
+            .and_then(|()| crate::source::pull::check_url(&p.url))
+            .map_err(|e| {
+                Error::bad_request(format!("--pull {}={}: {}", p.name, p.url, e.message))
+            })?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -123,9 +135,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks: TaskTracker::new(),
         connections: CancellationToken::new(),
         metrics: Default::default(),
+        pulls: Default::default(),
+        view_checks: Default::default(),
         config,
     });
     let _ = state.metrics.set(crate::control::metrics::registry(&state));
+    for p in &state.config.pulls {
+        let pull = Pull::new(&p.name, vec![p.url.clone()], PullKind::Relay, false);
+        state.pulls.add(&state, pull)?;
+    }
     let router = crate::http::router(state.clone());
     let task = tokio::spawn(crate::http::serve(
         listener,
@@ -133,7 +151,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         state.clone(),
         shutdown,
     ));
-    tracing::info!(%addr, token_server = state.config.token_server_enabled(), "transcast listening");
+    tracing::info!(
+        %addr,
+        token_server = state.config.token_server_enabled(),
+        pulls = state.config.pulls.len(),
+        origins = ?state.config.origins,
+        "transcast listening"
+    );
     Ok(Running { addr, state, task })
 }
 

@@ -9,7 +9,6 @@
 //! watches later on a keep-alive connection go through hyper and [`watch`].
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::app::AppState;
 use crate::control::auth;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::http::ConnInfo;
 use crate::output::fanout::MAX_IOVECS;
+use crate::source::pull::{Pull, PullState, RELAY_AGENT_PREFIX};
 use crate::stream::hub::{SubscribeError, Subscription};
 use crate::stream::registry as streams;
 use crate::stream::webm::TrackKind;
@@ -49,14 +49,14 @@ pub struct Admitted {
 /// Everything a watch request is checked for, shared by the raw fast path ([`serve_raw`]) and the axum handler:
 /// name, view authorisation, the stream, the client limit, and the header wait.
 pub async fn admit(
-    app: &AppState,
+    app: &Arc<AppState>,
     name: &str,
     token: Option<&str>,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     kill: CancellationToken,
 ) -> Result<Admitted> {
-    let entry = find(app, name, token, headers, peer)?;
+    let entry = find_or_pull(app, name, token, headers, peer).await?;
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
         Error::unavailable(format!(
             "the client limit (--max-clients {}) is reached",
@@ -87,7 +87,169 @@ pub async fn admit(
     })
 }
 
-/// The stream a watch (or HEAD) names, after the name and view checks.
+/// The stream a watch names, after the name and view checks (an edge with an origin key asks its origin
+/// whether the viewer's key may watch it). A name this server does not have but can pull (an edge; a
+/// declared on-demand pull) starts its pull and waits for its first media, up to `--pull-start-timeout`.
+async fn find_or_pull(
+    app: &Arc<AppState>,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Arc<crate::stream::Stream>> {
+    streams::validate_name(name)?;
+    authorize_view(app, name, headers, token, peer)?;
+    check_with_origin(app, name, auth::presented_key(headers, token)).await?;
+    if let Some(s) = app.registry.get(name) {
+        return Ok(s);
+    }
+    match app.pulls.want(app, name) {
+        Some(pull) => await_pull(app, name, &pull).await,
+        None => Err(Error::not_found(format!("no live stream named '{name}'"))),
+    }
+}
+
+/// Waits until a pull's stream has media (or the pull says the upstream has no such stream, refused it, or
+/// the start timeout is over).
+async fn await_pull(
+    app: &Arc<AppState>,
+    name: &str,
+    pull: &Arc<Pull>,
+) -> Result<Arc<crate::stream::Stream>> {
+    const LOOK: Duration = Duration::from_millis(50);
+    let timeout = app.config.pull_start_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut status = pull.watch_status();
+    loop {
+        if let Some(s) = app.registry.get(name).filter(|s| s.hub.has_header()) {
+            return Ok(s);
+        }
+        let st = status.borrow_and_update().clone();
+        let why = st.last_error.clone().unwrap_or_default();
+        match (st.state, st.last_status) {
+            (PullState::Retrying, Some(404)) => {
+                return Err(Error::not_found(format!(
+                    "no live stream named '{name}' here or upstream ({why})"
+                )));
+            }
+            (PullState::Retrying, Some(401 | 403)) => {
+                return Err(Error::new(
+                    Kind::BadGateway,
+                    format!("the upstream refused to relay '{name}' to this server ({why})"),
+                ));
+            }
+            (PullState::Stopped, _) => {
+                return Err(Error::not_found(format!("stream '{name}' has ended")));
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!("; last error: {why}")
+            };
+            return Err(Error::new(
+                Kind::GatewayTimeout,
+                format!(
+                    "stream '{name}' did not start within --pull-start-timeout ({timeout:?}){why}"
+                ),
+            ));
+        }
+        // Keeps an on-demand pull open while viewers wait for it.
+        app.pulls.want(app, name);
+        let _ = tokio::time::timeout(LOOK, status.changed()).await;
+    }
+}
+
+/// How long an edge trusts its origin's answer on a viewer key.
+pub const VIEW_CHECK_TTL: Duration = Duration::from_secs(5);
+/// Answers kept at most (the cache is cleared when full).
+const VIEW_CHECK_MAX: usize = 10_000;
+
+/// (stream, SHA-256 of the viewer's key).
+type ViewKey = (String, Option<String>);
+
+/// An edge's recent answers from its origin: who may watch what, and since when it knows.
+#[derive(Debug, Default)]
+pub struct ViewChecks {
+    map: std::sync::Mutex<HashMap<ViewKey, (tokio::time::Instant, Result<()>)>>,
+}
+
+/// On an edge that relays with an origin key (so it can pull streams that need a view key), a viewer may
+/// watch only what its origin would let it watch: the edge asks (`HEAD ORIGIN/live/NAME?token=KEY`, without
+/// its own key) and keeps the answer for [`VIEW_CHECK_TTL`].
+async fn check_with_origin(app: &AppState, name: &str, key: Option<&str>) -> Result<()> {
+    if app.config.origins.is_empty() || app.config.origin_key.is_none() {
+        return Ok(());
+    }
+    let cache_key = (name.to_string(), key.map(auth::hash_secret));
+    if let Some((at, r)) = app.view_checks.map.lock().unwrap().get(&cache_key)
+        && at.elapsed() < VIEW_CHECK_TTL
+    {
+        return r.clone();
+    }
+    let query = key.map_or(String::new(), |k| format!("?token={}", percent_encode(k)));
+    let mut last = Error::new(Kind::BadGateway, "no origin answered");
+    for origin in &app.config.origins {
+        let url = format!("{origin}/live/{name}{query}");
+        let answer = match crate::source::pull::head(&url, None).await {
+            // 503: the stream exists (or may), it has no media yet: the key passed.
+            Ok(s) if (200..300).contains(&s) || s == 503 => Ok(()),
+            Ok(401) => Err(Error::unauthorized(format!(
+                "watching '{name}' needs its view key (?token=KEY); the origin refused this one"
+            ))),
+            Ok(403) => Err(Error::forbidden(format!(
+                "the origin does not allow watching '{name}'"
+            ))),
+            Ok(404) => return Err(Error::not_found(format!("no live stream named '{name}'"))),
+            Ok(s) => {
+                last = Error::new(Kind::BadGateway, format!("{url} answered {s}"));
+                continue;
+            }
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let mut map = app.view_checks.map.lock().unwrap();
+        if map.len() >= VIEW_CHECK_MAX {
+            map.clear();
+        }
+        map.insert(cache_key, (tokio::time::Instant::now(), answer.clone()));
+        return answer;
+    }
+    Err(Error::new(
+        Kind::BadGateway,
+        format!(
+            "cannot check the view key of '{name}' with any origin: {}",
+            last.message
+        ),
+    ))
+}
+
+/// Percent-encodes everything but unreserved characters (a key in a query string).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Whether a request comes from another transcast relaying the stream (an edge).
+pub fn is_relay(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with(RELAY_AGENT_PREFIX))
+}
+
+/// The stream a HEAD names, after the name and view checks: what is here now (a HEAD starts no pull).
 fn find(
     app: &AppState,
     name: &str,
@@ -167,7 +329,7 @@ pub async fn watch(
         return head(&app, &name, &query, &headers, peer);
     }
     let Admitted {
-        sub,
+        mut sub,
         permit,
         content_type,
     } = admit(
@@ -180,17 +342,39 @@ pub async fn watch(
     )
     .await?;
     let mut response = watch_response(content_type);
-    tracing::debug!(stream = %name, ?peer, "client joined");
+    if is_relay(&headers) {
+        // Relays come this way (the accept loop leaves them to hyper): their response is chunked, so an edge
+        // can tell the stream's end (the terminator) from a broken connection.
+        sub.mark_relay();
+        tracing::info!(stream = %name, ?peer, "relay joined");
+    } else {
+        tracing::debug!(stream = %name, ?peer, "client joined");
+    }
     let kill: CancellationToken = sub.kill_token().clone();
-    let stream = futures_util::stream::unfold((sub, permit), move |(mut sub, permit)| {
+    // A relay's response ends with the chunked terminator only when the stream really ended. When this daemon
+    // is shutting down (an origin restart), the stream's end is not the stream's: the response breaks off
+    // instead, so an edge keeps its viewers on its fallback and pulls again.
+    let relay = sub.is_relay().then(|| app.shutdown.clone());
+    let stream = futures_util::stream::unfold(Some((sub, permit)), move |state| {
         let kill = kill.clone();
+        let relay = relay.clone();
         async move {
+            let (mut sub, permit) = state?;
             let data = tokio::select! {
                 biased;
                 _ = kill.cancelled() => None,
                 d = sub.next() => d,
-            }?;
-            Some((Ok::<_, Infallible>(data), (sub, permit)))
+            };
+            match data {
+                Some(d) => Some((Ok(d), Some((sub, permit)))),
+                None if relay.is_some_and(|s| s.is_cancelled()) => Some((
+                    Err(std::io::Error::other(
+                        "shutting down: the stream continues elsewhere",
+                    )),
+                    None,
+                )),
+                None => None,
+            }
         }
     });
     *response.body_mut() = Body::from_stream(stream);
@@ -329,7 +513,12 @@ fn authorize_view(
         )));
     }
     if let Some(hash) = &session.view_key_sha256 {
-        let ok = auth::presented_key(headers, token).is_some_and(|k| auth::secret_matches(k, hash));
+        // An edge's key (`--edge-key`) stands in for any view key: the edge checks its own viewers' keys here.
+        let edge = app.config.edge_key.as_deref().map(auth::hash_secret);
+        let ok = auth::presented_key(headers, token).is_some_and(|k| {
+            auth::secret_matches(k, hash)
+                || edge.as_ref().is_some_and(|e| auth::secret_matches(k, e))
+        });
         if !ok {
             let ip = peer.map(|p| auth::client_ip(p, headers, &app.config.trusted_proxy));
             app.auth_failures.record(

@@ -1,6 +1,7 @@
-//! Sources: what feeds a stream. Today an HTTP push ([`push`]), whose bytes may come in several requests;
-//! its task ([`run`]) typefinds them and owns the source's pipeline ([`pipeline`]) for as long as the input
-//! lasts, which can be longer than any one request.
+//! Sources: what feeds a stream. An HTTP push ([`push`]), whose bytes may come in several requests, or a
+//! pull ([`pull`]) of a URL (an origin's stream, for an edge). Either way the source task ([`run`])
+//! typefinds the bytes and owns the source's pipeline ([`pipeline`]) for as long as the input lasts, which
+//! can be longer than any one request.
 //!
 //! ```text
 //!  request(s) ─ Feed::Data ─► source task: typefind ─► appsrc ─ front ─ conform ─► Stream::stamp/deliver
@@ -13,6 +14,7 @@
 
 pub mod detect;
 pub mod pipeline;
+pub mod pull;
 pub mod push;
 
 use std::net::SocketAddr;
@@ -47,6 +49,11 @@ pub struct SourceContext {
     /// The token session pushing, whose `inputs` limit the containers it may push.
     pub session: Option<Session>,
     pub peer: Option<SocketAddr>,
+    /// Where the input comes from, as the API shows it: `None` for a push (its peer says it), else the URL.
+    pub url: Option<String>,
+    /// A clean end of the input is a loss, not the stream's end: the source is a pull that is retried, so
+    /// the stream shows its fallback meanwhile.
+    pub end_falls_back: bool,
 }
 
 /// How a source task ended.
@@ -96,6 +103,7 @@ pub async fn run(
             SourceInfo {
                 peer: ctx.peer,
                 since: SystemTime::now(),
+                url: ctx.url.clone(),
                 container: Some(detected.container.name()),
                 codecs: Vec::new(),
             },
@@ -128,7 +136,7 @@ pub async fn run(
         ctx.resume_grace,
     )
     .await;
-    finish(&stream, &feeder, &pipeline, outcome);
+    finish(&stream, &feeder, &pipeline, outcome, ctx.end_falls_back);
     // The pipeline goes to NULL here, off the stream's lock; then the channel closes.
     drop(pipeline);
 }
@@ -285,7 +293,13 @@ async fn feed(
 }
 
 /// Tells the source's requests and its stream how it ended.
-fn finish(stream: &Arc<Stream>, feeder: &Feeder, pipeline: &SourcePipeline, outcome: Outcome) {
+fn finish(
+    stream: &Arc<Stream>,
+    feeder: &Feeder,
+    pipeline: &SourcePipeline,
+    outcome: Outcome,
+    end_falls_back: bool,
+) {
     let started = feeder.status.borrow().on_air;
     stream.note_codecs(feeder.id, pipeline.input_codecs());
     let (end, detach) = match outcome {
@@ -297,7 +311,12 @@ fn finish(stream: &Arc<Stream>, feeder: &Feeder, pipeline: &SourcePipeline, outc
                     ));
                 });
             }
-            (End::Eos, Some(Detach::Ended))
+            let why = if end_falls_back {
+                Detach::Lost
+            } else {
+                Detach::Ended
+            };
+            (End::Eos, Some(why))
         }
         Outcome::Lost(end) => (end, Some(Detach::Lost)),
         Outcome::Failed(path, message) => {

@@ -223,6 +223,8 @@ async fn run(
             resume_grace: cfg.resume_grace,
             session,
             peer,
+            url: None,
+            end_falls_back: false,
         },
     ));
     *polled = true;
@@ -342,9 +344,10 @@ async fn spawn_feed(
     task.await.unwrap_or(End::InputError)
 }
 
-/// Sends a request's body to its source task until it ends: `Eos` when complete (the task then waits for a
-/// continuation), else how it was lost (the task then detaches the source and the stream falls back).
-async fn feed(
+/// Sends a body (a request's, or a pull's) to its source task until it ends: `Eos` when complete (the task
+/// then waits for a continuation), else how it was lost (the task then detaches the source and the stream
+/// falls back).
+pub async fn feed(
     app: &Arc<AppState>,
     stream: &Arc<Stream>,
     feeder: &Feeder,
@@ -356,6 +359,9 @@ async fn feed(
     loop {
         let data = match complete {
             true => {
+                // Released first, so the source task, which closes the input only when no request feeds it,
+                // finds it free whatever its grace.
+                feeder.release();
                 let _ = tx.send(Feed::Complete).await;
                 return End::Eos;
             }

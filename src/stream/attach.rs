@@ -68,6 +68,8 @@ pub struct Feeder {
     receiving: AtomicBool,
     /// The input is over (grace expired): no continuation may come.
     closed: AtomicBool,
+    /// Its bytes come from transcast itself (a pull): no request may continue it.
+    sealed: AtomicBool,
     pub status: watch::Sender<Status>,
     /// Cancelled when the source is detached (replaced, aborted, or its stream ended).
     pub gone: CancellationToken,
@@ -95,6 +97,7 @@ impl Feeder {
             bytes_in: AtomicU64::new(0),
             receiving: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
             status: watch::Sender::new(Status::default()),
             gone: CancellationToken::new(),
             queued: OnceLock::new(),
@@ -114,7 +117,11 @@ impl Feeder {
     /// continue the input exactly, or another request is feeding it.
     pub fn continue_at(&self, offset: u64) -> Result<(), u64> {
         let expected = self.bytes_in.load(Ordering::Acquire);
-        if offset != expected || self.gone.is_cancelled() || self.closed.load(Ordering::Acquire) {
+        if offset != expected
+            || self.gone.is_cancelled()
+            || self.closed.load(Ordering::Acquire)
+            || self.sealed.load(Ordering::Acquire)
+        {
             return Err(expected);
         }
         self.receiving
@@ -127,6 +134,11 @@ impl Feeder {
             return Err(expected);
         }
         Ok(())
+    }
+
+    /// No request may continue this input (its bytes come from a pull).
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
     }
 
     /// Ends the input unless a request is feeding it: true when closed.

@@ -57,7 +57,10 @@ pub struct HubConfig {
 /// Counters read by the API and logs.
 #[derive(Debug, Default)]
 pub struct HubStats {
+    /// Viewers now (relays apart).
     pub clients_now: AtomicUsize,
+    /// Edges relaying the stream now (their `User-Agent` names transcast).
+    pub relays_now: AtomicUsize,
     pub clients_total: AtomicU64,
     /// Times a reader was moved forward to a newer keyframe because it fell behind.
     pub skips: AtomicU64,
@@ -425,6 +428,7 @@ impl Hub {
             cursor,
             pending,
             has_video,
+            relay: false,
         })
     }
 
@@ -521,6 +525,8 @@ pub struct Subscription {
     cursor: Cursor,
     pending: VecDeque<Bytes>,
     has_video: bool,
+    /// An edge relaying the stream, counted apart from viewers.
+    relay: bool,
 }
 
 enum Fill {
@@ -533,6 +539,19 @@ impl Subscription {
     /// Whether the stream has a video track (`video/webm`) or is audio-only (`audio/webm`).
     pub fn has_video(&self) -> bool {
         self.has_video
+    }
+
+    /// Counts this reader as a relay (another transcast fanning the stream out), not as a viewer.
+    pub fn mark_relay(&mut self) {
+        if !self.relay {
+            self.relay = true;
+            self.hub.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+            self.hub.stats.relays_now.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_relay(&self) -> bool {
+        self.relay
     }
 
     /// The token that ends this reader (its connection's).
@@ -724,7 +743,12 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.shared.gone.store(true, Ordering::Release);
         self.hub.clients.lock().unwrap().remove(&self.id);
-        self.hub.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+        let now = if self.relay {
+            &self.hub.stats.relays_now
+        } else {
+            &self.hub.stats.clients_now
+        };
+        now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

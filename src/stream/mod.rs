@@ -134,6 +134,8 @@ pub enum Stamp {
 pub struct SourceInfo {
     pub peer: Option<SocketAddr>,
     pub since: SystemTime,
+    /// The URL a pull reads.
+    pub url: Option<String>,
     /// The input container's name (`webm`, `mp4`...).
     pub container: Option<&'static str>,
     pub codecs: Vec<String>,
@@ -610,7 +612,15 @@ impl Stream {
             }
         };
         let track = &mut inner.tracks[ti];
-        let mut out = (pts as i64 + offset).max(0) as u64;
+        let signed = pts as i64 + offset;
+        if signed < 0 && (raw || track.last_pts.is_none()) {
+            // From before the buffer that put the source on air: another track's earlier media that arrived
+            // later (a source's tracks need not arrive in timestamp order; an edge's input, a transcast's
+            // output, has them up to a second apart). Stacking it all at zero would give an encoder time that
+            // runs backwards.
+            return Stamp::Skip;
+        }
+        let mut out = signed.max(0) as u64;
         if let Some(last) = track.last_pts
             && out < last
         {

@@ -33,12 +33,42 @@ pub struct StreamInfo {
     pub encoder_realtime_factor: Option<f64>,
     pub frames_dropped: u64,
     pub rtp_targets: Vec<String>,
+    /// The pull that feeds the stream, if it is pulled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullInfo>,
+}
+
+/// A pull: what it reads and how it is doing.
+#[derive(Debug, Serialize)]
+pub struct PullInfo {
+    pub name: String,
+    /// `relay` (`--pull`, the API: retried after any end) or `edge` (from `--origin`: ends with the origin's
+    /// stream).
+    pub kind: crate::source::pull::PullKind,
+    /// The URL it reads (for an edge, one per origin, in the order tried).
+    pub urls: Vec<String>,
+    /// Starts with its first viewer, closes `--pull-linger` after the last one left.
+    pub on_demand: bool,
+    /// `idle`, `connecting`, `live`, `retrying`, `stopped`.
+    pub state: crate::source::pull::PullState,
+    /// The URL of the current or last attempt.
+    pub url: String,
+    pub connections: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// HTTP status of the last failed attempt, when it got one.
+    pub last_status: Option<u16>,
+    /// RFC 3339: when it tries again.
+    pub retry_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct SourceDto {
     /// The pushing connection's address.
     pub peer: Option<String>,
+    /// The URL a pull reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// RFC 3339: when this source attached.
     pub since: String,
 }
@@ -65,13 +95,21 @@ pub struct ClientStats {
     pub dropped: u64,
     /// Times a client that fell behind was moved forward to a newer keyframe.
     pub skipped: u64,
+    /// Edges relaying the stream now (not counted in `now`).
+    pub relays: usize,
 }
 
-/// `POST /api/v1/streams`: a stream that shows its slate until a source pushes to it.
+/// `POST /api/v1/streams`: a stream that shows its slate until a source pushes to it, or (with `pull`) a
+/// stream transcast reads from a URL.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewStream {
     pub name: String,
+    /// A URL to read the stream from (`http://`, `https://`, `srt://`, `udp://`, `file://`).
+    pub pull: Option<String>,
+    /// With `pull`: start it with the first viewer and close it `--pull-linger` after the last one.
+    #[serde(default)]
+    pub on_demand: bool,
     /// Seconds it waits for a source before it ends (default `--linger`).
     pub linger: Option<f64>,
     /// Picture size of the stream (every source is scaled to it); default 640×360, at most

@@ -24,6 +24,7 @@ use crate::control::auth;
 use crate::control::tokens::{self, Origin, Outputs, Session};
 use crate::error::{Error, Result};
 use crate::http::ConnInfo;
+use crate::source::pull::{Pull, PullKind};
 use crate::stream::Stream;
 use crate::stream::registry as streams;
 use dto::*;
@@ -41,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(get_rtp).put(put_rtp).patch(patch_rtp),
         )
         .route("/api/v1/streams/{name}/sdp", get(stream_sdp))
+        .route("/api/v1/pulls", get(list_pulls))
         .route("/api/v1/tokens", get(list_tokens).post(add_token))
         .route(
             "/api/v1/tokens/{session_id}",
@@ -101,6 +103,7 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
         mode,
         source: source.as_ref().filter(|_| attached).map(|s| SourceDto {
             peer: s.peer.map(|p| p.to_string()),
+            url: s.url.clone(),
             since: rfc3339(OffsetDateTime::from(s.since)),
         }),
         failovers: e.counters.failovers.load(Relaxed),
@@ -130,13 +133,43 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
             total: stats.clients_total.load(Relaxed),
             dropped: stats.dropped.load(Relaxed),
             skipped: stats.skips.load(Relaxed),
+            relays: stats.relays_now.load(Relaxed),
         },
         encoder_realtime_factor: rates
             .realtime_factor
             .filter(|_| mode == crate::stream::Mode::Transcode),
         frames_dropped: e.frames_dropped(),
         rtp_targets: e.rtp().targets().iter().map(ToString::to_string).collect(),
+        pull: None,
     }
+}
+
+pub fn pull_info(p: &Pull) -> PullInfo {
+    let st = p.status();
+    PullInfo {
+        name: p.name.clone(),
+        kind: p.kind,
+        urls: p.urls.clone(),
+        on_demand: p.on_demand,
+        state: st.state,
+        url: st.url,
+        connections: st.connections,
+        failures: st.failures,
+        last_error: st.last_error,
+        last_status: st.last_status,
+        retry_at: st.retry_at.map(|t| rfc3339(OffsetDateTime::from(t))),
+    }
+}
+
+/// A stream's info with its pull's, if it has one.
+fn stream_with_pull(app: &AppState, e: &Stream) -> StreamInfo {
+    let mut info = stream_info(e);
+    info.pull = app.pulls.get(&e.name).map(|p| pull_info(&p));
+    info
+}
+
+async fn list_pulls(State(app): State<Arc<AppState>>) -> Json<Vec<PullInfo>> {
+    Json(app.pulls.list().iter().map(|p| pull_info(p)).collect())
 }
 
 fn entry(app: &AppState, name: &str) -> Result<Arc<Stream>> {
@@ -147,7 +180,13 @@ fn entry(app: &AppState, name: &str) -> Result<Arc<Stream>> {
 }
 
 async fn list_streams(State(app): State<Arc<AppState>>) -> Json<Vec<StreamInfo>> {
-    Json(app.registry.list().iter().map(|e| stream_info(e)).collect())
+    Json(
+        app.registry
+            .list()
+            .iter()
+            .map(|e| stream_with_pull(&app, e))
+            .collect(),
+    )
 }
 
 async fn get_stream(
@@ -155,7 +194,7 @@ async fn get_stream(
     Path(name): Path<String>,
 ) -> Result<Json<StreamInfo>> {
     let e = entry(&app, &name)?;
-    Ok(Json(stream_info(&e)))
+    Ok(Json(stream_with_pull(&app, &e)))
 }
 
 /// Creates a stream without a source: it shows its slate until a push arrives (with the token server, the
@@ -163,9 +202,15 @@ async fn get_stream(
 async fn create_stream(
     State(app): State<Arc<AppState>>,
     body: std::result::Result<Json<NewStream>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<StreamInfo>)> {
+) -> Result<Response> {
     let Json(req) = body.map_err(|e| Error::bad_request(e.body_text()))?;
     streams::validate_name(&req.name)?;
+    if let Some(url) = &req.pull {
+        return create_pull(&app, &req, url);
+    }
+    if req.on_demand {
+        return Err(Error::bad_request("on_demand goes with pull"));
+    }
     let linger = req
         .linger
         .map(|l| {
@@ -216,15 +261,59 @@ async fn create_stream(
         return Err(e);
     }
     tracing::info!(stream = %req.name, "created through the API");
-    Ok((StatusCode::CREATED, Json(stream_info(&stream))))
+    Ok((StatusCode::CREATED, Json(stream_info(&stream))).into_response())
+}
+
+/// `POST /api/v1/streams` with `pull`: declares a pull (started now unless `on_demand`). Its stream appears
+/// once the URL delivers; until then the pull's state says how it is going.
+fn create_pull(app: &Arc<AppState>, req: &NewStream, url: &str) -> Result<Response> {
+    if req.linger.is_some() || req.width.is_some() || req.height.is_some() {
+        return Err(Error::bad_request(
+            "a pulled stream takes its size from its input: linger, width and height go without pull",
+        ));
+    }
+    crate::source::pull::check_url(url)?;
+    if app.config.token_server_enabled() && app.tokens.get(&req.name).is_none() {
+        return Err(Error::not_found(format!(
+            "no session '{}': with the token server, a stream is created for a session",
+            req.name
+        )));
+    }
+    if app.registry.get(&req.name).is_some() {
+        return Err(Error::new(
+            crate::error::Kind::Busy,
+            format!("stream '{}' exists already", req.name),
+        ));
+    }
+    let pull = app.pulls.add(
+        app,
+        Pull::new(
+            &req.name,
+            vec![url.to_string()],
+            PullKind::Relay,
+            req.on_demand,
+        ),
+    )?;
+    tracing::info!(stream = %req.name, %url, on_demand = req.on_demand, "pull created through the API");
+    Ok((StatusCode::CREATED, Json(pull_info(&pull))).into_response())
 }
 
 /// Aborts a stream: its source connection is closed and every client gets a clean end.
+/// A pulled stream's pull is removed with it (else it would pull the stream again).
 async fn abort_stream(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    let e = entry(&app, &name)?;
+    streams::validate_name(&name)?;
+    let pull = app.pulls.remove(&name);
+    let e = match (entry(&app, &name), &pull) {
+        (Ok(e), _) => e,
+        (Err(_), Some(_)) => {
+            tracing::info!(stream = %name, "pull removed through the API");
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        (Err(e), None) => return Err(e),
+    };
     tracing::info!(stream = %name, "aborted through the API");
     e.abort.cancel();
     Ok(StatusCode::NO_CONTENT)
