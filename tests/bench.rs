@@ -20,3 +20,40 @@ fn bench_smoke_every_client_gets_decodable_data() {
     assert_eq!(json["clients"], 50);
     assert!(stderr.contains("every client got decodable data"));
 }
+
+/// Through an origin, two edges and an edge of the first edge: every client starts with the header and a
+/// keyframe, every video payload is one that was pushed, and the origin serves the stream once per edge.
+#[test]
+fn bench_smoke_through_edges_sees_the_origins_payloads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_transcast-bench"))
+        .args([
+            "--smoke",
+            "--edges",
+            "2",
+            "--chain",
+            "--origin-clients",
+            "10",
+        ])
+        .args(["--server", env!("CARGO_BIN_EXE_transcast")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench smoke through edges failed:\n{stdout}\n{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["http_200"], 60, "{json}");
+    let t = &json["topology"];
+    assert_eq!(t["foreign_payloads"], 0, "{json}");
+    assert_eq!(t["origin_relays"], serde_json::json!([2]), "{json}");
+    assert_eq!(t["origin_viewers"], serde_json::json!([10]), "{json}");
+    let hops: Vec<u64> = t["latency_by_hops_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hops"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hops, [0, 1, 2], "{json}");
+}

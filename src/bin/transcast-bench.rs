@@ -8,6 +8,7 @@
 //! table and one JSON line. `--smoke` (50 clients × 5 s) checks every client got decodable data and exits
 //! non-zero otherwise; CI runs it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -85,6 +86,18 @@ struct Args {
     /// Write window for `--floor`, ms (0: one write per block, like transcast without coalescing).
     #[arg(long, default_value_t = 0)]
     floor_window_ms: u64,
+    /// Edges in front of the server (`transcast serve --origin`): `--clients` then watch through the edges, and
+    /// `--origin-clients` watch the origin itself, the reference for what a hop adds. Latency is then measured
+    /// per video block by its payload (an edge has its own timeline), which also checks every payload is one
+    /// that was pushed.
+    #[arg(long, default_value_t = 0)]
+    edges: usize,
+    /// With --edges: one more edge whose origin is the first edge (two hops), which gets its share of clients.
+    #[arg(long)]
+    chain: bool,
+    /// With --edges: clients on the origin itself.
+    #[arg(long, default_value_t = 20)]
+    origin_clients: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -238,6 +251,50 @@ struct ClientResult {
     parse_error: Option<String>,
     /// The first client keeps its bytes for a decode check.
     capture: Option<BytesMut>,
+    /// Hops from the origin: 0 (the server itself), 1 (an edge), 2 (an edge of an edge).
+    tier: usize,
+    /// With --edges: video blocks whose payload was never pushed.
+    foreign_payloads: u32,
+    /// With --edges: (payload key, latency µs) of every live video block, to find each block's first arrival
+    /// per hop count.
+    arrivals: Vec<(u64, u32)>,
+}
+
+/// What identifies a video block's payload across hops (each hop writes its own block and cluster headers):
+/// its last bytes and nothing else.
+fn payload_key(chunk: &[u8]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    const TAIL: usize = 64;
+    (chunk.len() > 2 * TAIL).then(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        chunk[chunk.len() - TAIL..].hash(&mut h);
+        h.finish()
+    })
+}
+
+/// When each pushed video payload is due, from the push start.
+fn payload_schedule(data: &Bytes) -> anyhow::Result<HashMap<u64, Duration>> {
+    let mut sc = Scanner::new();
+    let mut video = None;
+    let mut first = None;
+    let mut out = HashMap::new();
+    sc.push(data, |ev| match ev {
+        Event::Header { tracks, .. } => {
+            video = tracks
+                .iter()
+                .find(|t| t.kind == TrackKind::Video)
+                .map(|t| t.number);
+        }
+        Event::Chunk(c) => {
+            let f = *first.get_or_insert(c.block.pts_ns);
+            if Some(c.block.track) == video
+                && let Some(k) = payload_key(&c.data)
+            {
+                out.insert(k, Duration::from_nanos((c.block.pts_ns - f).max(0) as u64));
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// One GET client: raw HTTP/1.1 (chunked or close-delimited body), every block timestamped as it arrives.
@@ -247,8 +304,13 @@ async fn client(
     t0: Instant,
     stop: Arc<AtomicBool>,
     capture: bool,
+    tier: usize,
+    payloads: Option<Arc<HashMap<u64, Duration>>>,
 ) -> ClientResult {
-    let mut r = ClientResult::default();
+    let mut r = ClientResult {
+        tier,
+        ..ClientResult::default()
+    };
     let start = Instant::now();
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return r;
@@ -348,14 +410,32 @@ async fn client(
                 Event::Chunk(c) => {
                     let f = *first_pts.get_or_insert(c.block.pts_ns);
                     let _ = f;
-                    let due = Duration::from_nanos(c.block.pts_ns.max(0) as u64);
-                    let lat = now.duration_since(t0).saturating_sub(due);
-                    if Some(c.block.track) == video_track
-                        && c.block.keyframe
-                        && r.first_keyframe.is_none()
-                    {
+                    let is_video = Some(c.block.track) == video_track;
+                    if is_video && c.block.keyframe && r.first_keyframe.is_none() {
                         r.first_keyframe = Some(now - start);
                     }
+                    let due = match &payloads {
+                        None => Duration::from_nanos(c.block.pts_ns.max(0) as u64),
+                        // Through edges: video blocks only, timed by their payload.
+                        Some(_) if !is_video => return,
+                        Some(p) => match payload_key(&c.data)
+                            .and_then(|k| p.get(&k).map(|d| (k, d)))
+                        {
+                            Some((k, d)) => {
+                                let lat = now.duration_since(t0).saturating_sub(*d);
+                                if *d >= joined {
+                                    r.arrivals
+                                        .push((k, lat.as_micros().min(u32::MAX as u128) as u32));
+                                }
+                                *d
+                            }
+                            None => {
+                                r.foreign_payloads += 1;
+                                return;
+                            }
+                        },
+                    };
+                    let lat = now.duration_since(t0).saturating_sub(due);
                     let us = lat.as_micros().min(u32::MAX as u128) as u32;
                     if due < joined {
                         r.backlog_us.push(us)
@@ -447,7 +527,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_server(args: &Args) -> anyhow::Result<Server> {
+async fn start_server(args: &Args, extra: &[String]) -> anyhow::Result<Server> {
     let bin = match &args.server {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("transcast"),
@@ -470,6 +550,7 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
         .args(["--max-transcodes", "1000", "--state-dir"])
         .arg(state.path())
         .args(&args.server_args)
+        .args(extra)
         .env("TRANSCAST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -486,7 +567,45 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
     })
 }
 
+fn edges_addr(edges: &[Server], i: usize) -> SocketAddr {
+    edges[i].addr
+}
+
+/// A first viewer of `name` on an edge: its pull starts now and stays for the edge's --pull-linger.
+async fn warm_up(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /live/{name} HTTP/1.1\r\nHost: b\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await??;
+    anyhow::ensure!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "edge {addr}: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    Ok(())
+}
+
+/// `GET` of a JSON API path.
+async fn api_get(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut r = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut r)).await??;
+    let body = r
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &r[i + 4..])
+        .context("no response body")?;
+    Ok(serde_json::from_slice(body)?)
+}
+
 struct Report {
+    edges: usize,
+    chain: bool,
+    /// Per stream, the origin's API: (relays, viewers).
+    origin_view: Vec<(Option<u64>, Option<u64>)>,
     mode: Mode,
     streams: usize,
     clients: Vec<ClientResult>,
@@ -551,7 +670,60 @@ impl Report {
             .map(|c| c.bytes as f64 * 8.0 / c.connected.as_secs_f64() / 1000.0)
             .collect();
         let n = self.clients.len().max(1) as f64;
+        let tier = |t: usize| {
+            let mut v: Vec<u32> = self
+                .clients
+                .iter()
+                .filter(|c| c.tier == t)
+                .flat_map(|c| c.live_us.iter().copied())
+                .collect();
+            (!v.is_empty()).then(|| (pct(&mut v, 0.5), pct(&mut v, 0.99), v.len()))
+        };
+        let tiers: Vec<_> = (0..3).map(tier).collect();
+        // A hop's own cost: for each block, its first arrival at any viewer `b` hops away minus its first
+        // arrival at any viewer `a` hops away (without the fan-out to many viewers, which both sides pay).
+        let first: Vec<HashMap<u64, u32>> = (0..3)
+            .map(|t| {
+                let mut m: HashMap<u64, u32> = HashMap::new();
+                for c in self.clients.iter().filter(|c| c.tier == t) {
+                    for &(k, us) in &c.arrivals {
+                        m.entry(k).and_modify(|v| *v = (*v).min(us)).or_insert(us);
+                    }
+                }
+                m
+            })
+            .collect();
+        let hop = |a: usize, b: usize| {
+            let mut d: Vec<u32> = first[b]
+                .iter()
+                .filter_map(|(k, &y)| first[a].get(k).map(|&x| y.saturating_sub(x)))
+                .collect();
+            if d.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let n = d.len();
+            let viewers = match (tiers[a], tiers[b]) {
+                (Some(x), Some(y)) => serde_json::json!({"p50": y.0 - x.0, "p99": y.1 - x.1}),
+                _ => serde_json::Value::Null,
+            };
+            serde_json::json!({"p50": pct(&mut d, 0.5), "p99": pct(&mut d, 0.99), "blocks": n, "all_viewers": viewers})
+        };
+        let edges = serde_json::json!({
+            "edges": self.edges,
+            "chain": self.chain,
+            "latency_by_hops_ms": tiers.iter().enumerate().filter_map(|(i, t)| t.map(|(p50, p99, n)| serde_json::json!({
+                "hops": i,
+                "clients": self.clients.iter().filter(|c| c.tier == i).count(),
+                "p50": p50, "p99": p99, "blocks": n
+            }))).collect::<Vec<_>>(),
+            "edge_hop_ms": hop(0, 1),
+            "second_hop_ms": hop(1, 2),
+            "foreign_payloads": self.clients.iter().map(|c| c.foreign_payloads as u64).sum::<u64>(),
+            "origin_relays": self.origin_view.iter().map(|v| v.0).collect::<Vec<_>>(),
+            "origin_viewers": self.origin_view.iter().map(|v| v.1).collect::<Vec<_>>(),
+        });
         serde_json::json!({
+            "topology": edges,
             "mode": format!("{:?}", self.mode).to_lowercase(),
             "streams": self.streams,
             "clients": self.clients.len(),
@@ -644,6 +816,41 @@ impl Report {
             "  tool CPU                 {:.2} s",
             f["tool_cpu_s"].as_f64().unwrap_or(0.0)
         ));
+        let t = &f["topology"];
+        if self.edges > 0 {
+            out.push_str(&format!(
+                "\n  topology                 origin + {} edge(s){}; server CPU/RSS above are the origin's",
+                self.edges,
+                if self.chain { " + 1 edge of the first edge" } else { "" }
+            ));
+            for h in t["latency_by_hops_ms"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\n  video latency, {} hop(s)   p50 {:.1}  p99 {:.1} ms  ({} clients, {} blocks)",
+                    h["hops"],
+                    h["p50"].as_f64().unwrap_or(f64::NAN),
+                    h["p99"].as_f64().unwrap_or(f64::NAN),
+                    h["clients"],
+                    h["blocks"]
+                ));
+            }
+            for (label, key) in [
+                ("an edge hop adds", "edge_hop_ms"),
+                ("a second hop adds", "second_hop_ms"),
+            ] {
+                if let Some(p50) = t[key]["p50"].as_f64() {
+                    out.push_str(&format!(
+                        "\n  {label:<24} p50 {p50:.1}  p99 {:.1} ms (each block's first arrival; viewers' p50/p99 differ by {:.1}/{:.1})",
+                        t[key]["p99"].as_f64().unwrap_or(f64::NAN),
+                        t[key]["all_viewers"]["p50"].as_f64().unwrap_or(f64::NAN),
+                        t[key]["all_viewers"]["p99"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+            }
+            out.push_str(&format!(
+                "\n  payloads never pushed    {}\n  origin relays/viewers    {} / {}",
+                t["foreign_payloads"], t["origin_relays"], t["origin_viewers"]
+            ));
+        }
         out
     }
 
@@ -659,6 +866,23 @@ impl Report {
             anyhow::ensure!(c.parse_error.is_none(), "client {i}: {:?}", c.parse_error);
             anyhow::ensure!(c.first_keyframe.is_some(), "client {i}: no video keyframe");
             anyhow::ensure!(!c.live_us.is_empty(), "client {i}: no live blocks");
+        }
+        if self.edges > 0 {
+            for (i, c) in self.clients.iter().enumerate() {
+                anyhow::ensure!(
+                    c.foreign_payloads == 0,
+                    "client {i} ({} hops): {} video payloads that were never pushed",
+                    c.tier,
+                    c.foreign_payloads
+                );
+            }
+            for (relays, _) in &self.origin_view {
+                anyhow::ensure!(
+                    *relays == Some(self.edges as u64),
+                    "the origin serves {relays:?} relays, not one per edge ({})",
+                    self.edges
+                );
+            }
         }
         let cap = self.first_capture.as_ref().context("no capture")?;
         let frames = decode_frames(cap)?;
@@ -697,9 +921,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     eprintln!("generating {media_s} s of {:?} input...", args.mode);
     let data = make_media(args.mode, media_s, &args.size, args.kbps)?;
     let plan = Arc::new(schedule(&data)?);
-    let server = start_server(args).await?;
+    let server = start_server(args, &[]).await?;
     let pid = server.child.id().to_string();
     let addr = server.addr;
+    let payloads = (args.edges > 0)
+        .then(|| payload_schedule(&data))
+        .transpose()?
+        .map(Arc::new);
 
     // Pushes, paced by the bench itself (the server's pacer then has nothing to hold).
     let t0 = Instant::now() + Duration::from_millis(200);
@@ -733,17 +961,60 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Edges, each pulling from the origin (and with --chain one pulling from the first edge); every stream is
+    // pulled once before the clients come, as a first viewer would.
+    let mut edges = Vec::new();
+    for i in 0..args.edges + usize::from(args.chain && args.edges > 0) {
+        let upstream = if i < args.edges {
+            addr
+        } else {
+            edges_addr(&edges, 0)
+        };
+        let e = start_server(args, &["--origin".into(), format!("http://{upstream}")]).await?;
+        for n in &names {
+            warm_up(e.addr, n).await?;
+        }
+        edges.push(e);
+    }
+    // Who watches where: (address, tier).
+    let mut leaves: Vec<(SocketAddr, usize)> = edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.addr, if i < args.edges { 1 } else { 2 }))
+        .collect();
+    if leaves.is_empty() {
+        leaves.push((addr, 0));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base = proc_rss_kib(&pid);
 
-    // Ramp the clients.
+    // Ramp the clients (the origin's reference clients first).
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::with_capacity(args.clients);
+    let origin_clients = if args.edges > 0 {
+        args.origin_clients
+    } else {
+        0
+    };
+    let total = args.clients + origin_clients;
+    let mut tasks = Vec::with_capacity(total);
     let gap = Duration::from_secs_f64(1.0 / args.ramp.max(1) as f64);
     let ramp0 = tokio::time::Instant::now();
-    for i in 0..args.clients {
+    for i in 0..total {
         let name = names[i % names.len()].clone();
-        tasks.push(tokio::spawn(client(addr, name, t0, stop.clone(), i == 0)));
+        let (at, tier) = if i < origin_clients {
+            (addr, 0)
+        } else {
+            leaves[(i - origin_clients) % leaves.len()]
+        };
+        tasks.push(tokio::spawn(client(
+            at,
+            name,
+            t0,
+            stop.clone(),
+            i == origin_clients,
+            tier,
+            payloads.clone(),
+        )));
         // Against the ramp's own clock: sleeping `gap` each time would add every oversleep (a millisecond
         // timer on a loaded machine) and stretch a 10 s ramp to 20.
         tokio::time::sleep_until(ramp0 + gap * (i as u32 + 1)).await;
@@ -761,6 +1032,17 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let server_cpu = proc_cpu_secs(&pid) - cpu0;
     let rss_loaded = proc_rss_kib(&pid);
     let tcp_mem = tcp_mem_pages();
+    // What the origin sees: one relay per edge that pulls from it, and its own viewers.
+    let mut origin_view = Vec::new();
+    if args.edges > 0 {
+        for n in &names {
+            let v = api_get(addr, &format!("/api/v1/streams/{n}")).await?;
+            origin_view.push((
+                v["clients"]["relays"].as_u64(),
+                v["clients"]["now"].as_u64(),
+            ));
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let mut clients = Vec::new();
     for t in tasks {
@@ -769,9 +1051,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     for p in pushers {
         p.abort();
     }
-    let first_capture = clients.first_mut().and_then(|c| c.capture.take());
+    let first_capture = clients.iter_mut().find_map(|c| c.capture.take());
+    drop(edges);
     drop(server);
     Ok(Report {
+        edges: args.edges,
+        chain: args.chain && args.edges > 0,
+        origin_view,
         mode: args.mode,
         streams: args.streams,
         client_seconds: measured.as_secs_f64()
