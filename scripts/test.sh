@@ -10,6 +10,8 @@ TEST_PACKAGES=(
   # as real clients.
   ffmpeg
   curl
+  # A plain HTTP file server for the pull tests (python3 -m http.server).
+  python3
   # Real browsers for tests/browsers.rs, driven over WebDriver.
   firefox-esr
   chromium

@@ -1045,3 +1045,148 @@ async fn concurrent_rtp_patches_are_all_kept() {
     feeder.abort();
     drop(held);
 }
+
+/// `GET /api/v1/pulls`, checked against the spec.
+async fn pulls(api: &Api<'_>) -> Vec<Value> {
+    let (st, v) = api
+        .call(Method::GET, "/api/v1/pulls", "/api/v1/pulls", None)
+        .await;
+    assert_eq!(st, 200);
+    v.as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_created_through_the_api_show_their_errors_and_retries_and_start_on_demand() {
+    let server = Server::start(|a| {
+        a.pull_linger = 1.0;
+        a.pull_start_timeout = 2.0;
+    })
+    .await;
+    let api = Api { server: &server };
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{dead}/cam.webm"); // the listener is dropped: connection refused
+
+    // Bad URLs are refused at once, with the reason.
+    for (bad, says) in [
+        ("cam.webm", "scheme://"),
+        ("gopher://127.0.0.1/x", "no GStreamer source"),
+        ("rtsp://127.0.0.1:8554/x", "elementary streams"),
+    ] {
+        let (st, v) = create(&api, json!({"name": "bad", "pull": bad})).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{v}"
+        );
+    }
+    let (st, v) = create(&api, json!({"name": "x", "on_demand": true})).await;
+    assert_eq!(st, 400, "{v}");
+
+    // An always-on pull of a dead URL: retried with a growing backoff, its last error and next try shown.
+    let (st, v) = create(&api, json!({"name": "cam", "pull": url})).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        (v["kind"].as_str(), v["on_demand"].as_bool()),
+        (Some("relay"), Some(false))
+    );
+    let (st, v) = create(&api, json!({"name": "cam", "pull": url})).await;
+    assert_eq!(st, 409, "{v}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let p = pulls(&api).await;
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["state"], "retrying", "{p:?}");
+    assert!(
+        p[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{p:?}"
+    );
+    assert!(p[0]["retry_at"].is_string(), "{p:?}");
+    // 1 s, then 2 s (plus jitter): two or three attempts in 3.5 s, not one per second.
+    let failures = p[0]["failures"].as_u64().unwrap();
+    assert!((2..=3).contains(&failures), "{p:?}");
+    // A GET waits for it up to --pull-start-timeout, then says why it timed out.
+    let r = client().get(server.url("cam")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    // Removing it through the stream's DELETE.
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/streams/cam",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert!(pulls(&api).await.is_empty());
+
+    // An on-demand pull waits idle for its first viewer, and closes --pull-linger after the last one.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sender = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "is-live=true",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=30/1",
+        ])
+        .args([
+            "!",
+            "x264enc",
+            "tune=zerolatency",
+            "speed-preset=ultrafast",
+            "key-int-max=30",
+            "!",
+            "h264parse",
+        ])
+        .args([
+            "!",
+            "mpegtsmux",
+            "alignment=7",
+            "!",
+            "udpsink",
+            "host=127.0.0.1",
+        ])
+        .arg(format!("port={port}"))
+        .spawn()
+        .unwrap();
+    let (st, v) = create(
+        &api,
+        json!({"name": "lobby", "pull": format!("udp://127.0.0.1:{port}"), "on_demand": true}),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pulls(&api).await[0]["state"], "idle");
+    assert!(!server.state.registry.contains("lobby"));
+    let watched = client().get(server.url("lobby")).send().await.unwrap();
+    assert_eq!(watched.status(), 200);
+    let (st, info) = api
+        .call(
+            Method::GET,
+            "/api/v1/streams/lobby",
+            "/api/v1/streams/{name}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(info["pull"]["state"], "live", "{info}");
+    assert_eq!(
+        info["source"]["url"],
+        format!("udp://127.0.0.1:{port}"),
+        "{info}"
+    );
+    drop(watched);
+    server.wait_gone("lobby").await;
+    assert_eq!(pulls(&api).await[0]["state"], "idle");
+    let _ = sender.kill();
+    let _ = sender.wait();
+}

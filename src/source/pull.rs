@@ -320,8 +320,10 @@ pub fn check_url(url: &str) -> Result<()> {
 
 /// How one attempt ended.
 enum Attempt {
-    /// The pull was removed or went idle: stop.
+    /// The pull was removed, or the daemon is shutting down: stop.
     Stopped,
+    /// An on-demand pull's viewers are gone: close its stream, and go idle unless one came back.
+    Idle,
     /// An edge's origin ended the stream cleanly: so does the edge.
     Ended,
     /// Try again. `delivered`: its media had reached the stream (the backoff starts over).
@@ -362,6 +364,10 @@ async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
             Attempt::Stopped => {
                 end_own_stream(&app, &pull);
                 break;
+            }
+            Attempt::Idle => {
+                end_own_stream(&app, &pull);
+                continue;
             }
             Attempt::Ended => {
                 tracing::info!(stream = %pull.name, %url, "the origin ended the stream");
@@ -446,7 +452,7 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
         r = open(app, pull, url) => r,
         _ = pull.stop.cancelled() => return Attempt::Stopped,
         _ = app.shutdown.cancelled() => return Attempt::Stopped,
-        _ = idle(app, pull, None) => return Attempt::Stopped,
+        _ = idle(app, pull, None) => return Attempt::Idle,
     };
     let mut body = match opened {
         Ok(b) => b,
@@ -493,7 +499,7 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
     let end = tokio::select! {
         end = crate::source::push::feed(app, &stream, &feeder, &tx, &mut body) => end,
         _ = pull.stop.cancelled() => return Attempt::Stopped,
-        _ = idle(app, pull, Some(&stream)) => return Attempt::Stopped,
+        _ = idle(app, pull, Some(&stream)) => return Attempt::Idle,
     };
     feeder.release();
     if !(end == End::Eos && pull.kind == PullKind::Edge) {
