@@ -10,8 +10,11 @@ TEST_PACKAGES=(
   # as real clients.
   ffmpeg
   curl
-  # A plain HTTP file server for the pull tests (python3 -m http.server).
+  # A plain HTTP file server and GStreamer's RTSP server for the pull tests (python3 -m http.server,
+  # tests/data/rtsp-server.py).
   python3
+  python3-gi
+  gir1.2-gst-rtsp-server-1.0
   # Real browsers for tests/browsers.rs, driven over WebDriver.
   firefox-esr
   chromium

@@ -214,9 +214,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2.0)]
     pub resume_grace: f64,
 
-    /// A stream read from a URL, always on (repeatable): `NAME=URL`. Any byte stream GStreamer reads:
-    /// `http://`, `https://`, `srt://`, `udp://` (MPEG-TS), `tcp://`, `file://`, in any container transcast
-    /// reads from a push. A pull that fails or ends is retried with backoff (1 s doubling to 10 s, with jitter)
+    /// A stream read from a URL, always on (repeatable): `NAME=URL`. Any byte stream GStreamer reads
+    /// (`http://`, `https://`, `srt://`, `udp://` MPEG-TS, `file://`) in any container transcast reads from a
+    /// push, or `rtsp://` (its streams remuxed to Matroska). A pull that fails or ends is retried with backoff (1 s doubling to 10 s, with jitter)
     /// while its stream shows its fallback.
     #[arg(long = "pull", value_name = "NAME=URL", value_parser = parse_pull)]
     pub pull: Vec<PullArg>,

@@ -1073,7 +1073,6 @@ async fn pulls_created_through_the_api_show_their_errors_and_retries_and_start_o
     for (bad, says) in [
         ("cam.webm", "scheme://"),
         ("gopher://127.0.0.1/x", "no GStreamer source"),
-        ("rtsp://127.0.0.1:8554/x", "elementary streams"),
     ] {
         let (st, v) = create(&api, json!({"name": "bad", "pull": bad})).await;
         assert_eq!(st, 400, "{bad}: {v}");

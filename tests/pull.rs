@@ -1,5 +1,5 @@
 //! Pull sources and edges: a stream read from another transcast, a plain HTTP file server, a UDP and an SRT
-//! MPEG-TS sender; an edge that pulls from its origin on demand, shares one pull between its viewers, closes it
+//! MPEG-TS sender, an RTSP server; an edge that pulls from its origin on demand, shares one pull between its viewers, closes it
 //! after `--pull-linger`, keeps its viewers across an origin restart, tries its origins in order, and follows a
 //! token-protected origin's view rules.
 
@@ -175,10 +175,33 @@ async fn pulls_read_another_transcast_and_files_from_a_plain_http_server() {
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
 }
 
+/// GStreamer's RTSP server (`tests/data/rtsp-server.py`, Debian's python3-gi and gir1.2-gst-rtsp-server-1.0)
+/// on `port`, serving H.264 + Opus at `/cam`; waits until it listens.
+fn rtsp_server(port: u16) -> Killed {
+    use std::io::BufRead;
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/rtsp-server.py"
+        ))
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the RTSP server starts");
+    Killed(child)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_read_udp_and_srt_mpegts_senders() {
+async fn pulls_read_udp_srt_and_rtsp_senders() {
     let udp = free_port();
     let srt = free_port();
+    let rtsp = free_port();
+    let _rtsp_server = rtsp_server(rtsp);
     let _udp_sender = ts_sender(&format!("udpsink host=127.0.0.1 port={udp}"));
     let _srt_sender = ts_sender(&format!(
         "srtsink uri=srt://127.0.0.1:{srt}?mode=listener wait-for-connection=false"
@@ -193,13 +216,18 @@ async fn pulls_read_udp_and_srt_mpegts_senders() {
                 name: "srt".into(),
                 url: format!("srt://127.0.0.1:{srt}?mode=caller"),
             },
+            PullArg {
+                name: "rtsp".into(),
+                url: format!("rtsp://127.0.0.1:{rtsp}/cam"),
+            },
         ];
     })
     .await;
-    for name in ["udp", "srt"] {
+    for (name, container) in [("udp", "mpegts"), ("srt", "mpegts"), ("rtsp", "matroska")] {
         watch_decodes(&server.url(name), 3).await;
         let info = stream_json(&server, name).await;
-        assert_eq!(info["input"]["container"], "mpegts", "{info}");
+        // RTSP's streams come remuxed into Matroska.
+        assert_eq!(info["input"]["container"], container, "{info}");
         assert!(
             info["output"]["codecs"].as_array().unwrap().len() == 2,
             "{info}"

@@ -7,6 +7,7 @@
 //!  edge: GET /live/NAME here, ORIGIN/live/NAME there ─┴─► pull task: open ─┤
 //!                                                                          └─ other schemes: GStreamer URI source
 //!                                                                             (srt, udp, https, file) ─► appsink
+//!                                                                             (rtsp: depayload, parse, Matroska)
 //!     ─► bytes ─► Feeder ─► source task (typefind, pipeline) ─► Stream
 //!     on failure or end: the stream shows its fallback; retry after 1 s, doubling to 10 s, with jitter
 //! ```
@@ -306,13 +307,12 @@ pub fn check_url(url: &str) -> Result<()> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
     let Ok(src) = gst::Element::make_from_uri(gst::URIType::Src, url, None) else {
         return Err(Error::bad_request(format!(
-            "cannot pull {scheme}:// URLs: no GStreamer source reads them here (http, https, srt, udp and file do)"
+            "cannot pull {scheme}:// URLs: no GStreamer source reads them here (http, https, srt, udp, rtsp and file do)"
         )));
     };
-    if src.static_pad("src").is_none() {
+    if src.static_pad("src").is_none() && !src.has_property("latency") {
         return Err(Error::bad_request(format!(
-            "cannot pull {scheme}:// URLs yet: their source gives separate elementary streams, not a byte stream \
-             (http, https, srt, udp and file work)"
+            "cannot pull {scheme}:// URLs: their source is neither a byte stream nor RTSP"
         )));
     }
     Ok(())
@@ -691,7 +691,11 @@ fn open_gst(url: &str) -> Result<Body> {
         .build();
     let pipeline = gst::Pipeline::new();
     pipeline.add_many([&src, sink.upcast_ref()])?;
-    src.link(&sink)?;
+    if src.static_pad("src").is_some() {
+        src.link(&sink)?;
+    } else {
+        remux(&pipeline, &src, sink.upcast_ref())?;
+    }
     let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(GST_QUEUE);
     let tx = Arc::new(Mutex::new(Some(tx)));
     let on_sample = tx.clone();
@@ -738,6 +742,73 @@ fn open_gst(url: &str) -> Result<Body> {
         Some((item, (rx, guard)))
     });
     Ok(Body::from_stream(stream))
+}
+
+/// What an RTSP source (`rtspsrc`: one RTP pad per stream) delivers becomes a byte stream like any other
+/// pull's: each stream is depayloaded and parsed (`parsebin`) and muxed into live Matroska, which the source
+/// task then reads as it reads a Matroska push.
+fn remux(pipeline: &gst::Pipeline, src: &gst::Element, sink: &gst::Element) -> Result<()> {
+    /// The jitter buffer's wait for late packets, ms (rtspsrc's default, 2000, would be that much latency).
+    const RTSP_LATENCY_MS: u32 = 200;
+    if src.has_property("latency") {
+        src.set_property("latency", RTSP_LATENCY_MS);
+    }
+    let mux = gst::ElementFactory::make("matroskamux")
+        .property("streamable", true)
+        .build()?;
+    pipeline.add(&mux)?;
+    mux.link(sink)?;
+    let weak = pipeline.downgrade();
+    src.connect_pad_added(move |src, pad| {
+        crate::stream::output::no_panic(src, "pad-added", (), || {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            // The muxer's pad is requested now, before any data flows (rtspsrc announces every stream before it
+            // plays), so the muxer waits for all of them before it writes its header.
+            let media = pad
+                .current_caps()
+                .and_then(|c| {
+                    c.structure(0)
+                        .and_then(|s| s.get::<String>("media").ok())
+                })
+                .unwrap_or_default();
+            let template = match media.as_str() {
+                "video" => "video_%u",
+                "audio" => "audio_%u",
+                _ => return,
+            };
+            let Some(mux_pad) = mux.request_pad_simple(template) else {
+                tracing::warn!("an RTSP {media} stream cannot be remuxed: left out");
+                return;
+            };
+            let parse = match gst::ElementFactory::make("parsebin").build() {
+                Ok(p) => p,
+                Err(e) => {
+                    gst::element_error!(src, gst::CoreError::MissingPlugin, ("parsebin: {e}"));
+                    return;
+                }
+            };
+            if pipeline.add(&parse).is_err() || parse.sync_state_with_parent().is_err() {
+                return;
+            }
+            parse.connect_pad_added(move |parse, out| {
+                crate::stream::output::no_panic(parse, "pad-added", (), || {
+                    if !mux_pad.is_linked()
+                        && let Err(e) = out.link(&mux_pad)
+                    {
+                        tracing::warn!(caps = ?out.current_caps(), "an RTSP stream cannot be remuxed: {e:?}");
+                    }
+                })
+            });
+            if let Some(sink) = parse.static_pad("sink")
+                && let Err(e) = pad.link(&sink)
+            {
+                tracing::warn!("cannot parse an RTSP stream: {e:?}");
+            }
+        })
+    });
+    Ok(())
 }
 
 /// Stops a pull's GStreamer reader when its body is dropped.

@@ -105,7 +105,7 @@ pub struct ClientStats {
 #[serde(deny_unknown_fields)]
 pub struct NewStream {
     pub name: String,
-    /// A URL to read the stream from (`http://`, `https://`, `srt://`, `udp://`, `file://`).
+    /// A URL to read the stream from (`http://`, `https://`, `srt://`, `udp://`, `rtsp://`, `file://`).
     pub pull: Option<String>,
     /// With `pull`: start it with the first viewer and close it `--pull-linger` after the last one.
     #[serde(default)]
