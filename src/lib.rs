@@ -7,15 +7,17 @@
 //! error kinds and templates sit at the bottom: everything may use them, they use nothing above.
 //!
 //! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,
-//!   continuation pieces, the push summary); the source task typefinds (`source::detect`) and owns
-//!   `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps.
+//!   continuation pieces, the push summary); `source::pull` reads a URL instead (`--pull`, the API, an edge's
+//!   on-demand pulls of its origin), with retries and backoff; the source task typefinds (`source::detect`) and
+//!   owns `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps.
 //! - [`stream`]: a stream's life (state, the switch between sources and the fallback, linger, end);
 //!   `stream::output` its own pipeline (per-track appsrc → encoder or passthrough → writer, RTP tap);
 //!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time;
 //!   `stream::attach` what a stream knows of its source; `stream::writer` the live WebM writer (blocks in
 //!   arrival order); `stream::webm` the WebM scanner and builders; `stream::hub` the ring of chunks, join
 //!   points, reader cursors, skip and reap; `stream::registry` name → stream, name rules, 503 on too many.
-//! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`) and `output::fanout`
+//! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`; on an edge it starts
+//!   the name's pull and checks viewer keys with the origin) and `output::fanout`
 //!   (threads writing to caught-up viewers' sockets). The RTP/UDP rebroadcast is a tap on the stream's encoded
 //!   tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime, SDP).
 //! - [`control`]: `control::app` (shared state, startup, the stream factory), `control::api` (`/api/v1`,
