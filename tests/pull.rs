@@ -130,6 +130,8 @@ async fn pulls_read_another_transcast_and_files_from_a_plain_http_server() {
         ("clip.ts", long_clip("ts")),
     ])
     .await;
+    let local = tempdir().join("pulled-local.ts");
+    std::fs::write(&local, long_clip("ts")).unwrap();
     let pulls = vec![
         PullArg {
             name: "again".into(),
@@ -142,6 +144,10 @@ async fn pulls_read_another_transcast_and_files_from_a_plain_http_server() {
         PullArg {
             name: "filets".into(),
             url: format!("http://127.0.0.1:{port}/clip.ts"),
+        },
+        PullArg {
+            name: "local".into(),
+            url: format!("file://{}", local.display()),
         },
     ];
     let relay = Server::start(move |a| {
@@ -171,8 +177,56 @@ async fn pulls_read_another_transcast_and_files_from_a_plain_http_server() {
     let ts = stream_json(&relay, "filets").await;
     assert_eq!(ts["mode"], "transcode", "{ts}");
     assert_eq!(ts["input"]["container"], "mpegts", "{ts}");
+    // A file is played in real time, like an upload: 3 s of watching from its start see about 3 s of it.
+    let (data, _) = capture(
+        open_watch(&relay.url("local")).await,
+        Duration::from_secs(3),
+    )
+    .await;
+    let frames = decode(&data).video_frames;
+    assert!((45..=150).contains(&frames), "{frames} pictures in 3 s");
     let listed = api_get(&relay, "/api/v1/pulls").await;
-    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_moves_to_its_next_origin_when_its_origin_goes() {
+    let first = Server::start(|a| a.pace = true).await;
+    let second = Server::start(|a| a.pace = true).await;
+    let _pushes = (live_push(&first, "cam"), live_push(&second, "cam"));
+    wait_state(&first, "cam", "live", Duration::from_secs(10)).await;
+    wait_state(&second, "cam", "live", Duration::from_secs(10)).await;
+    let origins = vec![
+        format!("http://{}", first.addr),
+        format!("http://{}", second.addr),
+    ];
+    let edge = Server::start(move |a| {
+        a.origin = origins;
+        a.fallback = Fallback::Slate;
+    })
+    .await;
+    let watching = tokio::spawn(capture(
+        open_watch(&edge.url("cam")).await,
+        Duration::from_secs(6),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stream_json(&first, "cam").await["clients"]["relays"], 1);
+    drop(first);
+    // Straight to the next origin, no backoff: the slate shows for well under a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let back = loop {
+        let v = stream_json(&edge, "cam").await;
+        if v["resumes"] == 1 && v["state"] == "live" {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(back["pull"]["url"], second.url("cam"), "{back}");
+    assert_eq!(stream_json(&second, "cam").await["clients"]["relays"], 1);
+    let (data, _) = watching.await.unwrap();
+    assert_eq!(ebml_headers(&data), 1);
+    assert!(decode(&data).video_frames >= 120);
 }
 
 /// GStreamer's RTSP server (`tests/data/rtsp-server.py`, Debian's python3-gi and gir1.2-gst-rtsp-server-1.0)

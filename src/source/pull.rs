@@ -340,6 +340,8 @@ async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
     let linger = app.config.pull_linger;
     let mut backoff = RETRY_MIN;
     let mut index = 0usize;
+    // Failed attempts since one last delivered (or since the last backoff).
+    let mut round = 0usize;
     tracing::info!(stream = %pull.name, kind = ?pull.kind, url = %pull.url(0), "pull starting");
     loop {
         if pull.stop.is_cancelled() || app.shutdown.is_cancelled() {
@@ -380,10 +382,13 @@ async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
             } => {
                 if delivered {
                     backoff = RETRY_MIN;
-                } else if pull.urls.len() > 1 {
+                    round = 0;
+                }
+                round += 1;
+                if pull.urls.len() > 1 {
                     // The next origin in the list at once; the backoff only after the whole list failed.
                     index += 1;
-                    if !index.is_multiple_of(pull.urls.len()) {
+                    if round < pull.urls.len() {
                         tracing::warn!(stream = %pull.name, %url, status, "pull failed, trying the next: {}", error.message);
                         pull.status.send_modify(|s| {
                             s.failures += 1;
@@ -393,6 +398,7 @@ async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
                         continue;
                     }
                 }
+                round = 0;
                 let wait = jitter(backoff);
                 tracing::warn!(stream = %pull.name, %url, status, retry_in = ?wait, "pull failed: {}", error.message);
                 pull.status.send_modify(|s| {
