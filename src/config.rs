@@ -245,6 +245,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20.0)]
     pub pull_linger: f64,
 
+    /// Largest input picture, in pixels (width × height), a source may bring; larger input is refused with 415
+    /// before a decoder allocates for it. Default: 1920×1088.
+    #[arg(long, default_value_t = 1920 * 1088)]
+    pub max_input_pixels: u64,
+
+    /// Largest input width or height.
+    #[arg(long, default_value_t = 4096)]
+    pub max_input_dimension: u32,
+
+    /// Highest input frame rate a source may declare (with a picture of `--max-input-pixels`: a 1080p60 source);
+    /// smaller pictures may be as much faster (the bound is on pixels per second).
+    #[arg(long, default_value_t = 60)]
+    pub max_input_fps: u32,
+
     /// Write-coalescing window in milliseconds: clients are woken at most once per window and get everything
     /// published in it in one go. Fewer wake-ups and writes per client (CPU), at up to one window of added
     /// latency. 0 (default) sends every block as it comes.
@@ -362,6 +376,51 @@ pub struct Config {
     pub edge_key: Option<String>,
     pub pull_start_timeout: Duration,
     pub pull_linger: Duration,
+    pub input_limits: InputLimits,
+}
+
+/// What a source's video may be, checked from its caps before anything decodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    pub max_pixels: u64,
+    pub max_dimension: u32,
+    pub max_fps: u32,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Config::default().input_limits
+    }
+}
+
+impl InputLimits {
+    /// Checks a picture size and (if known, nonzero) frame rate: the reason it is refused, naming the limit.
+    pub fn check(&self, width: u32, height: u32, fps: Option<f64>) -> Result<(), String> {
+        if width > self.max_dimension || height > self.max_dimension {
+            return Err(format!(
+                "the input video is {width}×{height}; at most {} pixels either way are accepted (--max-input-dimension)",
+                self.max_dimension
+            ));
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(format!(
+                "the input video is {width}×{height} ({pixels} pixels); at most {} are accepted (--max-input-pixels)",
+                self.max_pixels
+            ));
+        }
+        let rate_cap = self.max_pixels as f64 * f64::from(self.max_fps);
+        if let Some(fps) = fps.filter(|f| f.is_finite() && *f > 0.0)
+            && pixels as f64 * fps > rate_cap
+        {
+            return Err(format!(
+                "the input video is {width}×{height} at {fps:.0} fps; at most {} pixels a second are accepted \
+                 (--max-input-pixels × --max-input-fps)",
+                rate_cap as u64
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -456,7 +515,16 @@ impl Config {
             } else {
                 secs("resume-grace", a.resume_grace)?
             },
-            token_server: a.token_server,
+            token_server: {
+                if !a.token_server.is_empty() && !a.api_allow.is_empty() {
+                    return Err(
+                        "--api-allow has no effect with --token-server: the token server's masks decide who may \
+                         use the control API (put every caller in --token-server)"
+                            .into(),
+                    );
+                }
+                a.token_server
+            },
             api_allow: if a.api_allow.is_empty() {
                 crate::control::auth::loopback_masks()
             } else {
@@ -485,6 +553,11 @@ impl Config {
             edge_key: a.edge_key.filter(|k| !k.is_empty()),
             pull_start_timeout: secs("pull-start-timeout", a.pull_start_timeout)?,
             pull_linger: secs("pull-linger", a.pull_linger)?,
+            input_limits: InputLimits {
+                max_pixels: a.max_input_pixels.max(16 * 16),
+                max_dimension: a.max_input_dimension.max(16),
+                max_fps: a.max_input_fps.max(1),
+            },
         })
     }
 }
@@ -564,6 +637,43 @@ mod tests {
             parse_origin("srt://10.0.0.1:9000")
                 .unwrap_err()
                 .contains("http://")
+        );
+    }
+
+    #[test]
+    fn input_limits_name_what_they_refuse() {
+        let l = InputLimits::default();
+        assert!(l.check(1920, 1080, Some(60.0)).is_ok());
+        assert!(l.check(1080, 1920, None).is_ok());
+        assert!(l.check(1280, 720, Some(120.0)).is_ok());
+        assert!(
+            l.check(8000, 8000, None)
+                .unwrap_err()
+                .contains("--max-input-dimension")
+        );
+        assert!(
+            l.check(2560, 1440, Some(30.0))
+                .unwrap_err()
+                .contains("--max-input-pixels")
+        );
+        assert!(
+            l.check(1920, 1080, Some(120.0))
+                .unwrap_err()
+                .contains("--max-input-fps")
+        );
+    }
+
+    #[test]
+    fn api_allow_with_the_token_server_stops_startup() {
+        let a = ServeArgs {
+            token_server: vec!["10.0.0.0/8".parse().unwrap()],
+            api_allow: vec!["192.0.2.0/24".parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        assert!(
+            Config::from_args(a)
+                .unwrap_err()
+                .contains("--api-allow has no effect")
         );
     }
 

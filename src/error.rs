@@ -115,6 +115,20 @@ impl Error {
     }
 }
 
+/// Text from outside (a peer's error message) made safe to log and to repeat: control characters (CR, LF,
+/// escape sequences) are escaped, so it cannot start a log line of its own or drive a terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 impl From<glib::BoolError> for Error {
     fn from(e: glib::BoolError) -> Self {
         Error::pipeline(e.to_string())
@@ -199,6 +213,14 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("--max-clients 2")
+        );
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            printable("a\r\nFORGED é\u{1b}[2J"),
+            "a\\r\\nFORGED é\\u{1b}[2J"
         );
     }
 

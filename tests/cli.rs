@@ -43,6 +43,8 @@ fn serve_help_explains_every_option() {
 struct Daemon {
     child: std::process::Child,
     addr: String,
+    /// Its log lines after the one that gave its address.
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Daemon {
@@ -78,7 +80,11 @@ fn serve(extra: &[&str], state: &std::path::Path) -> Daemon {
             break line[i + 5..].split_whitespace().next().unwrap().to_string();
         }
     };
-    Daemon { child, addr }
+    Daemon {
+        child,
+        addr,
+        log: rx,
+    }
 }
 
 fn sigterm_and_wait(d: &mut Daemon, within: Duration) -> std::process::ExitStatus {
@@ -228,4 +234,67 @@ fn pipeline_command_refuses_garbage_with_a_reason() {
         err.contains("not supported") || err.contains("recognise"),
         "{err}"
     );
+}
+
+/// Whatever a client sends is logged escaped: a CR or LF in a stream name, a session id or a URL, percent-encoded in
+/// a path or raw in JSON, cannot start a log line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_input_cannot_forge_a_log_line() {
+    let state = tempfile::tempdir().unwrap();
+    let d = serve(&[], state.path());
+    let base = format!("http://{}", d.addr);
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let forged = "%0d%0aFORGED%20line";
+    let mut answers = Vec::new();
+    for (method, path, body) in [
+        (
+            "PUT",
+            format!("/live/x{forged}"),
+            Some("not media".to_string()),
+        ),
+        ("GET", format!("/live/x{forged}"), None),
+        ("HEAD", format!("/live/x{forged}"), None),
+        ("GET", format!("/api/v1/streams/x{forged}"), None),
+        ("DELETE", format!("/api/v1/streams/x{forged}"), None),
+        (
+            "GET",
+            format!("/api/v1/streams/x{forged}/sdp?target=127.0.0.1:5000{forged}"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/streams".into(),
+            Some(r#"{"name":"x\r\nFORGED line"}"#.into()),
+        ),
+        (
+            "POST",
+            "/api/v1/streams".into(),
+            Some(r#"{"name":"ok","pull":"http://127.0.0.1:1/\r\nFORGED line"}"#.into()),
+        ),
+        (
+            "POST",
+            "/api/v1/tokens".into(),
+            Some(r#"{"session_id":"x\nFORGED line"}"#.into()),
+        ),
+        ("POST", format!("/api/add-token?sessionid=x{forged}"), None),
+    ] {
+        let mut req = c.request(method.parse().unwrap(), format!("{base}{path}"));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let status = req.send().await.unwrap().status().as_u16();
+        answers.push((method, path, status));
+    }
+    for (method, path, status) in &answers {
+        assert!((400..500).contains(status), "{method} {path}: {status}");
+    }
+    // Everything it logged about them, and a little more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines: Vec<String> = d.log.try_iter().collect();
+    for l in &lines {
+        assert!(
+            !l.trim_start().starts_with("FORGED"),
+            "a forged log line: {l:?}\nall: {lines:#?}"
+        );
+    }
 }

@@ -399,3 +399,59 @@ async fn ffmpeg_pushing_a_refused_stream_exits_cleanly_instead_of_broken_pipe() 
         "ffmpeg: {stderr}"
     );
 }
+
+/// A clip of `w`×`h` pictures made now: `enc` is the encoder and muxer part of the line.
+fn big_clip(name: &str, w: u32, h: u32, enc: &str) -> Bytes {
+    let out = tempdir().join(name);
+    run_to_eos(&format!(
+        "videotestsrc num-buffers=3 ! video/x-raw,width={w},height={h},framerate=30/1 ! {enc} ! filesink location={}",
+        out.display()
+    ));
+    Bytes::from(std::fs::read(&out).unwrap())
+}
+
+/// Pictures over `--max-input-*` are refused with 415 naming the limit, from the caps, before a decoder allocates:
+/// H.264 in MP4 (decoded) and VP8 in WebM (passed through), and the daemon's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_pictures_are_refused_before_decoding() {
+    let server = Server::start(|_| {}).await;
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let h264 = big_clip(
+        "huge.mp4",
+        4000,
+        4000,
+        "x264enc speed-preset=ultrafast ! h264parse ! mp4mux faststart=true",
+    );
+    let vp8 = big_clip("tall.webm", 1000, 4096, "vp8enc deadline=1 ! webmmux");
+    let peak = rss();
+    for (name, data, says) in [
+        ("huge", h264, "--max-input-pixels"),
+        ("tall", vp8, "--max-input-pixels"),
+    ] {
+        let r = push(&server.url(name), data, false).await;
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (415, "unsupported_media"),
+            "{}",
+            r.json
+        );
+        let msg = r.json["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{msg}");
+    }
+    // A 4000×4000 decoder would need hundreds of MB (16 M pixels a frame, several frames); none was made.
+    let grew_mib = (rss().saturating_sub(peak)) / 1024;
+    assert!(grew_mib < 100, "peak RSS grew by {grew_mib} MiB");
+    // 2400×1200 is over the default (1920×1088) and within a raised limit; 1080p60 passes the defaults (config's
+    // unit tests).
+    let roomy = Server::start(|a| a.max_input_pixels = 4096 * 4096).await;
+    let wide = big_clip("wide.webm", 2400, 1200, "vp8enc deadline=1 ! webmmux");
+    let r = push(&roomy.url("wide"), wide, false).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+}

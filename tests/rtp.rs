@@ -492,6 +492,19 @@ async fn targets_outside_rtp_allow_are_refused() {
     )
     .await;
     assert_eq!(st, 403, "{v}");
+    // Nor is an SDP rendered for such a target.
+    let (st, v) = api(
+        &server,
+        reqwest::Method::GET,
+        "/api/v1/streams/guarded/sdp?target=192.0.2.1:5000",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
     drop(tx);
     held.await.unwrap();
 }

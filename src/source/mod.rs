@@ -54,6 +54,7 @@ pub struct SourceContext {
     /// A clean end of the input is a loss, not the stream's end: the source is a pull that is retried, so
     /// the stream shows its fallback meanwhile.
     pub end_falls_back: bool,
+    pub limits: crate::config::InputLimits,
 }
 
 /// How a source task ended.
@@ -95,6 +96,7 @@ pub async fn run(
         &detected,
         ctx.templates.clone(),
         ctx.pace,
+        ctx.limits,
     )
     .and_then(|p| {
         stream.attach(

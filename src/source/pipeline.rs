@@ -21,6 +21,7 @@ use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 
+use crate::config::InputLimits;
 use crate::error::{Error, Kind, Result};
 use crate::source::detect::Detected;
 use crate::stream::output::no_panic;
@@ -67,6 +68,7 @@ struct Builder {
     pacer: Arc<Pacer>,
     shared: Arc<SourceShared>,
     taken: Mutex<(bool, bool)>,
+    limits: InputLimits,
 }
 
 impl SourcePipeline {
@@ -77,6 +79,7 @@ impl SourcePipeline {
         input: &Detected,
         templates: Arc<Templates>,
         pace: bool,
+        limits: InputLimits,
     ) -> Result<SourcePipeline> {
         let pipeline = gst::Pipeline::with_name(&format!("source-{}-{id}", stream.name));
         let appsrc = gst_app::AppSrc::builder()
@@ -106,19 +109,31 @@ impl SourcePipeline {
             pacer: pacer.clone(),
             shared: shared.clone(),
             taken: Mutex::new((false, false)),
+            limits,
         });
         if !matroska {
-            // decodebin's pads are raw; the codecs are seen while it autoplugs.
-            let s = Arc::downgrade(&shared);
+            // decodebin's pads are raw; the codecs are seen while it autoplugs, and a picture over the input
+            // limits is refused there, before a decoder is plugged (and allocates for it).
+            let b = Arc::downgrade(&builder);
             front.connect("autoplug-continue", false, move |args| {
-                if let (Some(s), Ok(caps), Ok(el)) = (
-                    s.upgrade(),
+                let (Some(b), Ok(caps), Ok(el)) = (
+                    b.upgrade(),
                     args[2].get::<gst::Caps>(),
                     args[0].get::<gst::Element>(),
-                ) {
-                    no_panic(&el, "autoplug-continue", (), || record_codec(&s, &caps));
-                }
-                Some(true.to_value())
+                ) else {
+                    return Some(true.to_value());
+                };
+                let go = no_panic(&el, "autoplug-continue", false, || {
+                    record_codec(&b.shared, &caps);
+                    match b.check_limits(&caps) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            b.fail(e);
+                            false
+                        }
+                    }
+                });
+                Some(go.to_value())
             });
         }
         let b = builder.clone();
@@ -258,8 +273,33 @@ impl Builder {
         }
     }
 
+    /// Refuses video whose caps say it is larger (or faster) than `--max-input-*` allow.
+    fn check_limits(&self, caps: &gst::CapsRef) -> Result<()> {
+        let Some(s) = caps.structure(0) else {
+            return Ok(());
+        };
+        if !s.name().starts_with("video/") {
+            return Ok(());
+        }
+        let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
+            return Ok(());
+        };
+        let fps = s
+            .get::<gst::Fraction>("framerate")
+            .ok()
+            .filter(|f| f.denom() > 0)
+            .map(|f| f64::from(f.numer()) / f64::from(f.denom()));
+        self.limits
+            .check(w.max(0) as u32, h.max(0) as u32, fps)
+            .map_err(Error::unsupported)
+    }
+
     fn on_front_pad(&self, pad: &gst::Pad) -> Result<()> {
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        if let Err(e) = self.check_limits(&caps) {
+            self.discard(pad)?;
+            return Err(e);
+        }
         let caps_name = caps
             .structure(0)
             .map(|s| s.name().to_string())

@@ -494,6 +494,7 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
             peer: None,
             url: Some(url.to_string()),
             end_falls_back: pull.kind == PullKind::Relay,
+            limits: app.config.input_limits,
         },
     ));
     pull.status.send_modify(|s| {
@@ -667,7 +668,11 @@ async fn open_http(
 fn upstream_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(|m| format!(": {m}")))
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .map(|m| format!(": {}", crate::error::printable(m)))
+        })
         .unwrap_or_default()
 }
 
@@ -862,5 +867,13 @@ mod tests {
             ": no live stream named 'x'"
         );
         assert_eq!(upstream_message(b"<html>"), "");
+        // A hostile upstream cannot put a line break into the log through its message.
+        assert_eq!(
+            upstream_message(
+                br#"{"error":{"message":"x
+FORGED"}}"#
+            ),
+            ": x\r\nFORGED"
+        );
     }
 }

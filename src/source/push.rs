@@ -225,6 +225,7 @@ async fn run(
             peer,
             url: None,
             end_falls_back: false,
+            limits: cfg.input_limits,
         },
     ));
     *polled = true;

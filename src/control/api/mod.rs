@@ -433,6 +433,8 @@ async fn stream_sdp(
             .first()
             .ok_or_else(|| Error::not_found(format!("stream '{name}' has no RTP targets")))?,
     };
+    // Like the RTP routes: nothing is described for a target the daemon may not send to.
+    crate::stream::rtp::validate_targets(&[target], &app.config.rtp_allow)?;
     let sdp = shared.rtp().sdp(&name, target)?;
     Ok((
         [(
