@@ -1,6 +1,7 @@
-//! The HTTP framing of watches: a connection's first `GET /live/...` is served on the bare socket
-//! (close-delimited), everything else by hyper and the router — including watches later on a keep-alive
-//! connection. Request heads are read by the accept loop however they are split.
+//! The HTTP framing of watches: a connection's first `GET /live/...` is served on the bare socket (chunked, the
+//! hub's own framing, then closed), everything else by hyper and the router — including watches later on a
+//! keep-alive connection. Either way a client can tell the stream's end from a broken connection: ffmpeg reads a
+//! normal end as one. Request heads are read by the accept loop however they are split.
 
 mod common;
 
@@ -88,22 +89,47 @@ async fn start_push(server: &Server, name: &str) -> (tokio::task::JoinHandle<Pus
     (task, data)
 }
 
+/// The body of a chunked response (size lines and CRLFs removed); panics unless it ends with the last chunk.
+fn dechunk(mut framed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = framed
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&framed[..eol]).unwrap(), 16).unwrap();
+        framed = &framed[eol + 2..];
+        if size == 0 {
+            assert_eq!(framed, b"\r\n", "nothing after the last chunk");
+            return out;
+        }
+        out.extend_from_slice(&framed[..size]);
+        assert_eq!(&framed[size..size + 2], b"\r\n");
+        framed = &framed[size + 2..];
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_watch_on_a_connection_is_close_delimited_and_decodes() {
+async fn first_watch_on_a_connection_is_chunked_on_the_bare_socket_and_decodes() {
     let server = Server::start(|_| {}).await;
     let (push, _) = start_push(&server, "raw").await;
     let (mut sock, head, mut body) = raw_watch(&server, "/live/raw").await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(header(&head, "connection"), Some("close"), "{head}");
-    assert_eq!(header(&head, "transfer-encoding"), None, "{head}");
+    assert_eq!(
+        header(&head, "transfer-encoding"),
+        Some("chunked"),
+        "{head}"
+    );
     assert_eq!(header(&head, "content-length"), None, "{head}");
     assert_eq!(header(&head, "content-type"), Some("video/webm"));
     assert_eq!(header(&head, "cache-control"), Some("no-cache, no-store"));
-    // The end of the stream is the end of the body: the server closes.
+    // The end of the stream: the last chunk, then the server closes.
     tokio::time::timeout(Duration::from_secs(60), sock.read_to_end(&mut body))
         .await
         .expect("stream ends within 60 s")
         .unwrap();
+    let body = dechunk(&body);
     assert_eq!(push.await.unwrap().status, 200);
     assert!(body.starts_with(&EBML_MAGIC));
     let d = decode(&body);
@@ -210,4 +236,31 @@ async fn watch_head_that_never_completes_is_closed() {
     .await;
     assert!(r.is_ok(), "closed within the header timeout");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// ffmpeg, the tool people check a stream with, reads the end of a stream as a normal end: no "Stream ends
+/// prematurely", no I/O error, exit status 0 (with close-delimited bodies it printed both at every end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_sees_a_normal_end_of_stream_as_one() {
+    let server = Server::start(|a| a.pace = true).await;
+    let (push, _) = start_push(&server, "ff").await;
+    let url = server.url("ff");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.state.registry.contains("ff") {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "warning", "-i", &url, "-f", "null", "-"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("prematurely"), "{stderr}");
+    assert!(!stderr.contains("Input/output error"), "{stderr}");
+    assert_eq!(push.await.unwrap().status, 200);
 }

@@ -30,7 +30,7 @@ use crate::error::{Error, Kind, Result};
 use crate::http::ConnInfo;
 use crate::output::fanout::MAX_IOVECS;
 use crate::source::pull::{Pull, PullState, RELAY_AGENT_PREFIX};
-use crate::stream::hub::{SubscribeError, Subscription};
+use crate::stream::hub::{CHUNKED_END, SubscribeError, Subscription};
 use crate::stream::registry as streams;
 use crate::stream::webm::TrackKind;
 
@@ -384,11 +384,12 @@ pub async fn watch(
 /// A client's write queue as it starts, and as it is trimmed back to once caught up.
 const QUEUE_CAPACITY: usize = 4;
 
-/// Serves an admitted client straight on its socket, without hyper: a close-delimited `HTTP/1.1 200`
-/// response (`Connection: close`, as Icecast does), then every batch the hub has ready in one vectored write.
+/// Serves an admitted client straight on its socket, without hyper: an `HTTP/1.1 200` response in chunked
+/// transfer coding (chunks framed once by the hub, for every client) with `Connection: close`, then every batch
+/// the hub has ready in one vectored write, and the last chunk when the stream ends.
 /// Once the client has caught up with the live edge its socket is parked with one of the stream's fan-out
 /// threads (`fanout`), which writes new chunks to it directly; it comes back here when it cannot keep up.
-/// This is the path nearly every watcher takes, so it is kept lean: no chunked framing, no per-block flush,
+/// This is the path nearly every watcher takes, so it is kept lean: no per-client framing, no per-block flush,
 /// no per-connection read buffer (hyper's are 8 KiB and more), no task wake-up per chunk while caught up.
 pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     let Admitted {
@@ -400,11 +401,14 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     let peer = socket.peer_addr().ok();
     let socket = Arc::new(socket);
     tracing::debug!(stream = %name, ?peer, "client joined");
+    // Chunked, so that a client can tell the stream's end (the last chunk) from a broken connection; and
+    // `Connection: close`, as Icecast sends it, since nothing else is read from this connection.
+    sub.use_chunked_framing();
     let mut head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n");
     for (k, v) in WATCH_HEADERS {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("connection: close\r\n\r\n");
+    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     let mut queue = VecDeque::with_capacity(QUEUE_CAPACITY);
     queue.push_back(Bytes::from(head));
     let pump = async {
@@ -424,6 +428,11 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
                     continue;
                 }
                 if !sub.next_batch(&mut queue).await {
+                    // The stream's end: the last chunk, then the connection closes.
+                    queue.push_back(Bytes::from_static(CHUNKED_END));
+                    while !queue.is_empty() {
+                        write_some(&socket, &mut queue).await?;
+                    }
                     return Ok(true);
                 }
             }

@@ -869,11 +869,8 @@ mod tests {
         assert_eq!(upstream_message(b"<html>"), "");
         // A hostile upstream cannot put a line break into the log through its message.
         assert_eq!(
-            upstream_message(
-                br#"{"error":{"message":"x
-FORGED"}}"#
-            ),
-            ": x\r\nFORGED"
+            upstream_message(br#"{"error":{"message":"x\r\nFORGED"}}"#),
+            r": x\r\nFORGED"
         );
     }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -72,9 +72,46 @@ pub struct HubStats {
 
 #[derive(Debug)]
 struct Slot {
+    /// The chunk as one HTTP/1.1 chunk (`SIZE\r\n`, the chunk, `\r\n`), for the raw watch path: framed once
+    /// here, not per client, so a shard's writes stay shared.
+    framed: Bytes,
+    /// The chunk itself (a slice of `framed`).
     data: Bytes,
     at: Instant,
 }
+
+impl Slot {
+    fn new(data: &Bytes, at: Instant) -> Slot {
+        let framed = frame(data);
+        let prefix = framed.len() - data.len() - 2;
+        Slot {
+            data: framed.slice(prefix..prefix + data.len()),
+            framed,
+            at,
+        }
+    }
+
+    fn bytes(&self, framed: bool) -> Bytes {
+        if framed {
+            self.framed.clone()
+        } else {
+            self.data.clone()
+        }
+    }
+}
+
+/// `data` as one chunk of HTTP/1.1 chunked transfer coding.
+pub fn frame(data: &[u8]) -> Bytes {
+    let size = format!("{:x}\r\n", data.len());
+    let mut b = BytesMut::with_capacity(size.len() + data.len() + 2);
+    b.extend_from_slice(size.as_bytes());
+    b.extend_from_slice(data);
+    b.extend_from_slice(b"\r\n");
+    b.freeze()
+}
+
+/// The last chunk of a chunked body (no trailers).
+pub const CHUNKED_END: &[u8] = b"0\r\n\r\n";
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -229,7 +266,7 @@ impl Hub {
             if out.is_empty() && now.duration_since(slot.at) > lag {
                 from += 1;
             } else {
-                out.push(slot.data.clone());
+                out.push(slot.framed.clone());
             }
         }
         Snapshot {
@@ -316,10 +353,7 @@ impl Hub {
                     .pts_range
                     .map_or((pts, pts), |(a, b)| (a.min(pts), b.max(pts))),
             );
-            inner.ring.push_back(Slot {
-                data: chunk.data,
-                at: now,
-            });
+            inner.ring.push_back(Slot::new(&chunk.data, now));
             self.published.store(inner.head(), Ordering::Release);
             inner.bytes += len;
             // Keep `max_lag` of history (readers further back are dropped anyway) and always the newest
@@ -429,6 +463,7 @@ impl Hub {
             pending,
             has_video,
             relay: false,
+            framed: false,
         })
     }
 
@@ -527,6 +562,8 @@ pub struct Subscription {
     has_video: bool,
     /// An edge relaying the stream, counted apart from viewers.
     relay: bool,
+    /// It writes its own HTTP/1.1 chunked framing (the raw watch path): chunks come framed.
+    framed: bool,
 }
 
 enum Fill {
@@ -547,6 +584,17 @@ impl Subscription {
             self.relay = true;
             self.hub.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
             self.hub.stats.relays_now.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// From now on, chunks (and the header, if not taken yet) come framed for HTTP/1.1 chunked transfer coding.
+    /// A reader that parks with a shard must be framed: shards write framed chunks.
+    pub fn use_chunked_framing(&mut self) {
+        if !self.framed {
+            self.framed = true;
+            for b in self.pending.iter_mut() {
+                *b = frame(b);
+            }
         }
     }
 
@@ -592,6 +640,10 @@ impl Subscription {
         let Cursor::At(cursor) = self.cursor else {
             return None;
         };
+        // Shards write framed chunks: only a reader that frames its own response may park.
+        if !self.framed {
+            return None;
+        }
         // With a coalescing window readers stay with their tasks: a task that runs late takes several windows
         // in one write, which is what keeps 10000 clients going on two cores; a shard, writing every window to
         // everyone, measured worse there (stalls at 10000 where tasks had none).
@@ -724,7 +776,7 @@ impl Subscription {
         }
         while cursor < head && self.pending.len() < MAX_BATCH {
             self.pending
-                .push_back(inner.ring[(cursor - inner.base) as usize].data.clone());
+                .push_back(inner.ring[(cursor - inner.base) as usize].bytes(self.framed));
             cursor += 1;
         }
         self.cursor = Cursor::At(cursor);
@@ -1065,6 +1117,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let (h, mut p) = started(JoinMode::Gop, 5000);
         let mut s = reader(&h).await;
+        s.use_chunked_framing();
         let (sock, mut client) = socket_pair().await;
         assert!(
             s.park(&sock).is_none(),
@@ -1082,7 +1135,7 @@ mod tests {
                 .ring
                 .iter()
                 .skip(from)
-                .flat_map(|s| s.data.to_vec())
+                .flat_map(|s| s.framed.to_vec())
                 .collect()
         };
         let mut got = vec![0; expected.len()];
@@ -1114,6 +1167,7 @@ mod tests {
         let _ = socket2::SockRef::from(&*sock).set_send_buffer_size(4096);
         let _ = socket2::SockRef::from(&client).set_recv_buffer_size(4096);
         let mut s = reader(&h).await;
+        s.use_chunked_framing();
         drain(&mut s).await;
         let back = s.park(&sock).expect("caught up");
         let at = h.published_chunks();
@@ -1134,7 +1188,7 @@ mod tests {
         assert!(resume.cursor > at && resume.cursor < h.published_chunks());
         if let Some(rest) = &resume.rest {
             let inner = h.inner.lock().unwrap();
-            let chunk = &inner.ring[(resume.cursor - 1 - inner.base) as usize].data;
+            let chunk = &inner.ring[(resume.cursor - 1 - inner.base) as usize].framed;
             assert!(!rest.is_empty() && rest.len() < chunk.len());
             assert!(chunk.ends_with(rest), "the unwritten tail of the chunk");
         }
@@ -1146,6 +1200,7 @@ mod tests {
     async fn a_shard_lets_go_of_a_client_whose_task_is_gone() {
         let (h, mut p) = started(JoinMode::Gop, 5000);
         let mut s = reader(&h).await;
+        s.use_chunked_framing();
         let (sock, _client) = socket_pair().await;
         drain(&mut s).await;
         let back = s.park(&sock).expect("caught up");
