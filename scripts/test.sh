@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up this machine (Debian 12 with Rust) for the tests and runs them: format check, clippy with
-# warnings as errors, and the whole test suite (unit and integration, real pipelines and sockets).
+# warnings as errors, the whole test suite (unit and integration, real pipelines and sockets), and a short
+# run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -34,3 +35,5 @@ echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --all-targets
+echo "==> fuzzing, 15 s per target (scripts/fuzz.sh)"
+bash scripts/fuzz.sh 15

@@ -209,18 +209,8 @@ const MAX_SNIFF_HEADERS: usize = 64;
 /// the first byte that rules it out, so other requests reach hyper as they came (`buf` is replayed).
 async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Sniffed> {
     loop {
-        let n = buf.len().min(WATCH_PREFIX.len());
-        if buf[..n] != WATCH_PREFIX[..n] {
-            return Ok(Sniffed::Other);
-        }
-        if n == WATCH_PREFIX.len() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_SNIFF_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(_)) => return Ok(watch_request(&req)),
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return Ok(Sniffed::Other),
-            }
+        if let Some(s) = classify(buf) {
+            return Ok(s);
         }
         if buf.len() >= MAX_HEAD_BYTES {
             return Ok(Sniffed::Other);
@@ -229,6 +219,34 @@ async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Sn
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+    }
+}
+
+/// What a connection's first bytes are, as far as they go: `None` while they may still become a watch's head.
+fn classify(buf: &[u8]) -> Option<Sniffed> {
+    let n = buf.len().min(WATCH_PREFIX.len());
+    if buf[..n] != WATCH_PREFIX[..n] {
+        return Some(Sniffed::Other);
+    }
+    if n < WATCH_PREFIX.len() {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_SNIFF_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => Some(watch_request(&req)),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Sniffed::Other),
+    }
+}
+
+/// For the fuzzer: classifies `buf` as the accept loop would, and checks what a watch's head yields (a name the
+/// router would also take, a token without a separator in it).
+#[doc(hidden)]
+pub fn fuzz_classify(buf: &[u8]) {
+    if let Some(Sniffed::Watch { name, token, .. }) = classify(buf) {
+        assert!(!name.contains(['%', '/', '?']), "{name:?}");
+        assert!(token.is_none_or(|t| !t.contains('&')), "token");
     }
 }
 

@@ -38,3 +38,56 @@ pub mod output;
 pub mod source;
 pub mod stream;
 pub mod templates;
+
+/// Entry points for the fuzz targets in `fuzz/` (`cargo +nightly fuzz run TARGET`): every parser that reads
+/// bytes from outside. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The WebM scanner, fed in two pieces split at `split` (as a socket delivers them).
+    pub fn webm(data: &[u8], split: usize) {
+        let mut sc = crate::stream::webm::Scanner::new();
+        let at = split.min(data.len());
+        for piece in [&data[..at], &data[at..]] {
+            if sc.push(piece, |_| {}).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The accept loop's reading of a connection's first request head.
+    pub fn watch_head(data: &[u8]) {
+        crate::http::fuzz_classify(data);
+    }
+
+    /// `Content-Range` of a continuation piece.
+    pub fn content_range(data: &[u8]) {
+        if let Ok(v) = axum::http::HeaderValue::from_bytes(data)
+            && let Ok(first) = crate::source::push::parse_content_range(&v)
+        {
+            let s = v.to_str().expect("parsed, so ASCII");
+            assert!(s.contains(&first.to_string()));
+        }
+    }
+
+    /// Stream names, address masks, URLs and presented keys.
+    pub fn names_and_keys(text: &str) {
+        if crate::stream::registry::validate_name(text).is_ok() {
+            assert!(!text.is_empty() && text.len() <= crate::stream::registry::NAME_MAX_LEN);
+            assert!(!text.contains(['/', '%', '\r', '\n']));
+        }
+        let _ = crate::control::auth::parse_mask(text);
+        if crate::config::check_url(text).is_ok() {
+            assert!(!text.contains(char::is_control));
+        }
+        let mut h = axum::http::HeaderMap::new();
+        if let Ok(v) = axum::http::HeaderValue::from_str(text) {
+            h.insert(axum::http::header::AUTHORIZATION, v);
+        }
+        let _ = crate::control::auth::presented_key(&h, Some(text));
+    }
+
+    /// The token state file loader.
+    pub fn token_state(data: &[u8]) {
+        let _ = crate::control::tokens::parse_state(data, std::path::Path::new("fuzz"));
+    }
+}

@@ -57,3 +57,30 @@ fn bench_smoke_through_edges_sees_the_origins_payloads() {
         .collect();
     assert_eq!(hops, [0, 1, 2], "{json}");
 }
+
+/// A short soak (3 rounds of viewer churn, pushes of every kind and source flaps): the daemon's RSS, open files
+/// and threads come back after every round, every push that should be answered is, with the status it should get.
+#[test]
+fn short_soak_leaves_nothing_behind() {
+    let out = Command::new(env!("CARGO_BIN_EXE_transcast-bench"))
+        .args([
+            "--soak",
+            "3",
+            "--soak-viewers",
+            "200",
+            "--soak-pushes",
+            "12",
+            "--soak-flaps",
+            "4",
+        ])
+        .args(["--server", env!("CARGO_BIN_EXE_transcast")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soak failed:\n{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["viewer_cycles"], 600, "{json}");
+    assert_eq!(json["pushes"], 36, "{json}");
+    assert_eq!(json["flaps"], 12, "{json}");
+}

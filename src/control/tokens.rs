@@ -115,6 +115,36 @@ pub struct TokenStore {
     persist_delay: std::time::Duration,
 }
 
+/// The sessions of a state file (`path` is for the messages): a file that does not parse, has another version,
+/// or holds a session id that is not a stream name is an error, never an empty store.
+pub fn parse_state(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Session>> {
+    let state: StateFile = serde_json::from_slice(bytes).map_err(|e| {
+        Error::internal(format!(
+            "the token state file {} is corrupt ({e}); refusing to start with no sessions. \
+             Restore it from a backup, or move it away to start empty",
+            path.display()
+        ))
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(Error::internal(format!(
+            "the token state file {} has version {}, this transcast reads {STATE_VERSION}",
+            path.display(),
+            state.version
+        )));
+    }
+    let mut sessions = BTreeMap::new();
+    for s in state.sessions {
+        crate::stream::registry::validate_name(&s.session_id).map_err(|_| {
+            Error::internal(format!(
+                "the token state file {} is corrupt (a session id that is not a stream name)",
+                path.display()
+            ))
+        })?;
+        sessions.insert(s.session_id.clone(), s);
+    }
+    Ok(sessions)
+}
+
 impl TokenStore {
     /// A store that is not persisted (tests of other parts).
     pub fn in_memory() -> TokenStore {
@@ -134,27 +164,7 @@ impl TokenStore {
         })?;
         let path = dir.join(STATE_FILE);
         let sessions = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::internal(format!(
-                        "the token state file {} is corrupt ({e}); refusing to start with no sessions. \
-                         Restore it from a backup, or move it away to start empty",
-                        path.display()
-                    ))
-                })?;
-                if state.version != STATE_VERSION {
-                    return Err(Error::internal(format!(
-                        "the token state file {} has version {}, this transcast reads {STATE_VERSION}",
-                        path.display(),
-                        state.version
-                    )));
-                }
-                state
-                    .sessions
-                    .into_iter()
-                    .map(|s| (s.session_id.clone(), s))
-                    .collect()
-            }
+            Ok(bytes) => parse_state(&bytes, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(Error::internal(format!("reading {}: {e}", path.display()))),
         };

@@ -142,7 +142,7 @@ pub async fn push(
 }
 
 /// The first byte of `Content-Range: bytes N-M/*` (or `/TOTAL`).
-fn parse_content_range(v: &header::HeaderValue) -> Result<u64> {
+pub(crate) fn parse_content_range(v: &header::HeaderValue) -> Result<u64> {
     let bad = || {
         Error::bad_request("Content-Range must be 'bytes N-M/*' (or 'bytes N-M/TOTAL') with N <= M")
     };

@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 
 use transcast::stream::webm::{Event, Scanner, TrackKind};
 
+mod soak;
+
 /// A read gap longer than this while the stream is live counts as a stall.
 const STALL: Duration = Duration::from_secs(1);
 /// Hard cap on a run, whatever the options say.
@@ -98,6 +100,33 @@ struct Args {
     /// With --edges: clients on the origin itself.
     #[arg(long, default_value_t = 20)]
     origin_clients: usize,
+    /// Soak: this many rounds of viewer churn, pushes of every kind and source flaps against one server, its RSS,
+    /// open files and threads sampled after each round once idle; fails when they do not come back (see
+    /// `soak.rs`). Takes no other load options.
+    #[arg(long, value_name = "ROUNDS")]
+    soak: Option<u32>,
+    /// Soak: viewer cycles per round.
+    #[arg(long, default_value_t = 500)]
+    soak_viewers: usize,
+    /// Soak: pushes per round (transcode, passthrough, audio-only, refused, cut, stalled in turn).
+    #[arg(long, default_value_t = 24)]
+    soak_pushes: usize,
+    /// Soak: source drops and returns per round.
+    #[arg(long, default_value_t = 10)]
+    soak_flaps: usize,
+}
+
+/// Bytes no demuxer takes for media (xorshift).
+fn garbage(n: usize) -> Bytes {
+    let mut x: u32 = 0x2545_f491;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +147,15 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if args.floor {
         return rt.block_on(floor(&args));
+    }
+    if let Some(rounds) = args.soak {
+        anyhow::ensure!(
+            (2..=1000).contains(&rounds)
+                && args.soak_viewers <= 100_000
+                && args.soak_pushes <= 1000,
+            "--soak takes 2 to 1000 rounds (the first is the warm-up), at most 100000 viewers and 1000 pushes a round"
+        );
+        return rt.block_on(soak::soak(&args, rounds));
     }
     let report = rt.block_on(run(&args))?;
     println!("{}", report.table());
@@ -588,6 +626,12 @@ async fn warm_up(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
 
 /// `GET` of a JSON API path.
 async fn api_get(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    api_get_once(addr, path)
+        .await
+        .with_context(|| format!("GET {path}"))
+}
+
+async fn api_get_once(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
