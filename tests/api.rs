@@ -119,6 +119,18 @@ async fn create(api: &Api<'_>, body: Value) -> (u16, Value) {
     .await
 }
 
+/// `DELETE /api/v1/streams/{name}`: its status.
+async fn abort(api: &Api<'_>, name: &str) -> u16 {
+    api.call(
+        Method::DELETE,
+        &format!("/api/v1/streams/{name}"),
+        "/api/v1/streams/{name}",
+        None,
+    )
+    .await
+    .0
+}
+
 async fn add_token(api: &Api<'_>, body: Value) -> Value {
     let (st, v) = api
         .call(Method::POST, "/api/v1/tokens", "/api/v1/tokens", Some(body))
@@ -264,15 +276,7 @@ async fn streams_api_reports_details_graph_and_aborts() {
         &dot[..dot.len().min(200)]
     );
 
-    let (st, _) = api
-        .call(
-            Method::DELETE,
-            "/api/v1/streams/cam",
-            "/api/v1/streams/{name}",
-            None,
-        )
-        .await;
-    assert_eq!(st, 204);
+    assert_eq!(abort(&api, "cam").await, 204);
     let watched = watcher.await.unwrap();
     assert!(
         decode(&watched.body).video_frames > 0,
@@ -1112,15 +1116,7 @@ async fn pulls_created_through_the_api_show_their_errors_and_retries_and_start_o
     let r = client().get(server.url("cam")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     // Removing it through the stream's DELETE.
-    let (st, _) = api
-        .call(
-            Method::DELETE,
-            "/api/v1/streams/cam",
-            "/api/v1/streams/{name}",
-            None,
-        )
-        .await;
-    assert_eq!(st, 204);
+    assert_eq!(abort(&api, "cam").await, 204);
     assert!(pulls(&api).await.is_empty());
 
     // An on-demand pull waits idle for its first viewer, and closes --pull-linger after the last one.

@@ -1,21 +1,30 @@
 //! The benchmark tool keeps working: its smoke mode (50 clients × 5 s against a real daemon) must report that
-//! every client got decodable data. Only behaviour is asserted, never a time.
+//! every client got decodable data, through edges too, and a short soak must leave the daemon as it found it.
+//! Only behaviour is asserted, never a time.
 
 use std::process::Command;
 
-#[test]
-fn bench_smoke_every_client_gets_decodable_data() {
+/// Runs `transcast-bench ARGS` against this build's daemon; its last stdout line (JSON) once it succeeded, and
+/// its stderr.
+fn bench(args: &[&str]) -> (serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_transcast-bench"))
-        .args(["--smoke", "--server", env!("CARGO_BIN_EXE_transcast")])
+        .args(args)
+        .args(["--server", env!("CARGO_BIN_EXE_transcast")])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "bench smoke failed:\n{stdout}\n{stderr}"
+        "transcast-bench {args:?} failed:\n{stdout}\n{stderr}"
     );
-    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (json, stderr)
+}
+
+#[test]
+fn bench_smoke_every_client_gets_decodable_data() {
+    let (json, stderr) = bench(&["--smoke"]);
     assert_eq!(json["http_200"], 50, "{json}");
     assert_eq!(json["clients"], 50);
     assert!(stderr.contains("every client got decodable data"));
@@ -25,25 +34,14 @@ fn bench_smoke_every_client_gets_decodable_data() {
 /// keyframe, every video payload is one that was pushed, and the origin serves the stream once per edge.
 #[test]
 fn bench_smoke_through_edges_sees_the_origins_payloads() {
-    let out = Command::new(env!("CARGO_BIN_EXE_transcast-bench"))
-        .args([
-            "--smoke",
-            "--edges",
-            "2",
-            "--chain",
-            "--origin-clients",
-            "10",
-        ])
-        .args(["--server", env!("CARGO_BIN_EXE_transcast")])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench smoke through edges failed:\n{stdout}\n{stderr}"
-    );
-    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (json, _) = bench(&[
+        "--smoke",
+        "--edges",
+        "2",
+        "--chain",
+        "--origin-clients",
+        "10",
+    ]);
     assert_eq!(json["http_200"], 60, "{json}");
     let t = &json["topology"];
     assert_eq!(t["foreign_payloads"], 0, "{json}");
@@ -62,24 +60,16 @@ fn bench_smoke_through_edges_sees_the_origins_payloads() {
 /// and threads come back after every round, every push that should be answered is, with the status it should get.
 #[test]
 fn short_soak_leaves_nothing_behind() {
-    let out = Command::new(env!("CARGO_BIN_EXE_transcast-bench"))
-        .args([
-            "--soak",
-            "3",
-            "--soak-viewers",
-            "200",
-            "--soak-pushes",
-            "12",
-            "--soak-flaps",
-            "4",
-        ])
-        .args(["--server", env!("CARGO_BIN_EXE_transcast")])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "soak failed:\n{stdout}\n{stderr}");
-    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (json, _) = bench(&[
+        "--soak",
+        "3",
+        "--soak-viewers",
+        "200",
+        "--soak-pushes",
+        "12",
+        "--soak-flaps",
+        "4",
+    ]);
     assert_eq!(json["viewer_cycles"], 600, "{json}");
     assert_eq!(json["pushes"], 36, "{json}");
     assert_eq!(json["flaps"], 12, "{json}");

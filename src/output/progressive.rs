@@ -97,8 +97,7 @@ async fn find_or_pull(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Arc<crate::stream::Stream>> {
-    streams::validate_name(name)?;
-    authorize_view(app, name, headers, token, peer)?;
+    check(app, name, token, headers, peer)?;
     check_with_origin(app, name, auth::presented_key(headers, token)).await?;
     if let Some(s) = app.registry.get(name) {
         return Ok(s);
@@ -249,6 +248,18 @@ pub fn is_relay(headers: &HeaderMap) -> bool {
         .is_some_and(|ua| ua.starts_with(RELAY_AGENT_PREFIX))
 }
 
+/// The name and this server's own view checks, for watches and HEADs.
+fn check(
+    app: &AppState,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<()> {
+    streams::validate_name(name)?;
+    authorize_view(app, name, headers, token, peer)
+}
+
 /// The stream a HEAD names, after the name and view checks: what is here now (a HEAD starts no pull).
 fn find(
     app: &AppState,
@@ -257,8 +268,7 @@ fn find(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Arc<crate::stream::Stream>> {
-    streams::validate_name(name)?;
-    authorize_view(app, name, headers, token, peer)?;
+    check(app, name, token, headers, peer)?;
     app.registry
         .get(name)
         .ok_or_else(|| Error::not_found(format!("no live stream named '{name}'")))
