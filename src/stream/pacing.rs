@@ -21,6 +21,10 @@ pub const LEAD: Duration = Duration::from_secs(1);
 pub const REANCHOR_AFTER: Duration = Duration::from_millis(500);
 /// Frames later than this at the encoder are dropped rather than encoded (the transcode cannot keep up).
 pub const MAX_ENCODE_LATENESS: Duration = Duration::from_secs(1);
+/// Input this far ahead of its deadline is not a fast upload (that is held at [`LEAD`] and never gets further)
+/// but a jump in the source's timestamps (an encoder restarted, hours skipped): the anchor moves, as for late
+/// input, instead of holding the source for the length of the jump.
+pub const JUMP_AHEAD: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Pacer {
@@ -73,7 +77,10 @@ impl Pacer {
             at.checked_sub(Duration::from_nanos(art - rt_ns))
                 .unwrap_or(at)
         };
-        if due > now + LEAD {
+        if due > now + JUMP_AHEAD {
+            st.anchor = Some((rt_ns, now));
+            Verdict::Reanchored
+        } else if due > now + LEAD {
             Verdict::HoldUntil(due - LEAD)
         } else if now.saturating_duration_since(due) > REANCHOR_AFTER {
             st.anchor = Some((rt_ns, now));
@@ -169,6 +176,19 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_of_hours_ahead_moves_the_anchor_instead_of_holding_for_hours() {
+        let p = Pacer::new(true);
+        let t0 = Instant::now();
+        p.deadline(0, t0);
+        assert_eq!(p.deadline(10 * 3600 * S, t0), Verdict::Reanchored);
+        // Paced from there on.
+        assert_eq!(
+            p.deadline(10 * 3600 * S + 3 * S, t0),
+            Verdict::HoldUntil(t0 + Duration::from_secs(2))
+        );
+    }
+
+    #[test]
     fn disabled_pacer_never_holds_or_reports_lateness() {
         let p = Pacer::new(false);
         let t0 = Instant::now();
@@ -182,7 +202,7 @@ mod tests {
         let p = std::sync::Arc::new(Pacer::new(true));
         assert!(p.pace(0));
         let p2 = p.clone();
-        let h = std::thread::spawn(move || p2.pace(3600 * S));
+        let h = std::thread::spawn(move || p2.pace(5 * S));
         std::thread::sleep(Duration::from_millis(50));
         p.shutdown();
         assert!(!h.join().unwrap());
