@@ -566,6 +566,16 @@ impl Drop for Server {
 }
 
 async fn start_server(args: &Args, extra: &[String]) -> anyhow::Result<Server> {
+    start_server_with(args, extra, &[], None).await
+}
+
+/// [`start_server`] with more environment and its stderr (GStreamer's log) to a file.
+async fn start_server_with(
+    args: &Args,
+    extra: &[String],
+    env: &[(&str, &str)],
+    stderr: Option<std::fs::File>,
+) -> anyhow::Result<Server> {
     let bin = match &args.server {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("transcast"),
@@ -590,7 +600,9 @@ async fn start_server(args: &Args, extra: &[String]) -> anyhow::Result<Server> {
         .args(&args.server_args)
         .args(extra)
         .env("TRANSCAST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
+        .stderr(stderr.map_or_else(Stdio::inherit, Stdio::from))
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -2,6 +2,8 @@
 //! each round once it is idle again: RSS, open files, threads. It fails when, after the first (warm-up) round,
 //! RSS grows more than 5 % + 2 MiB, or open files or threads end above the warm-up's level.
 //!
+//! GStreamer's `leaks` tracer is asked (SIGUSR1) after each round which pipelines are alive: none may be.
+//!
 //! A round: a live stream that viewers churn on (full reads, closes right after the head, half-sent heads, HEADs,
 //! clients that never read), pushes of every kind (transcode, passthrough, audio-only, refused, cut mid-upload,
 //! stalled), and a stream whose source drops and comes back (`--soak-flaps` times). Everything is on loopback and
@@ -21,7 +23,7 @@ use gstreamer as gst;
 
 use super::{
     Args, Mode, api_get, garbage, make_media, proc_rss_kib, push, run_to_eos, schedule,
-    start_server,
+    start_server_with,
 };
 
 /// Viewer cycles running at once.
@@ -44,6 +46,25 @@ struct Sample {
     rss_kib: u64,
     fds: usize,
     threads: u64,
+    /// GStreamer pipelines alive, by the `leaks` tracer.
+    pipelines: usize,
+}
+
+/// Asks the server's `leaks` tracer (SIGUSR1) which GStreamer pipelines are alive: the `object-alive` lines it
+/// logs in answer.
+async fn alive_pipelines(pid: &str, log: &std::path::Path) -> anyhow::Result<usize> {
+    let before = std::fs::read(log)?.len();
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", pid])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -USR1 {pid}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = std::fs::read(log)?;
+    let new = String::from_utf8_lossy(&all[before.min(all.len())..]);
+    Ok(new
+        .lines()
+        .filter(|l| l.contains("object-alive") && l.contains("GstPipeline"))
+        .count())
 }
 
 fn sample(pid: &str) -> Sample {
@@ -57,6 +78,7 @@ fn sample(pid: &str) -> Sample {
         rss_kib: proc_rss_kib(pid),
         fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
         threads,
+        pipelines: 0,
     }
 }
 
@@ -334,7 +356,21 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
     .iter()
     .map(ToString::to_string)
     .collect();
-    let server = start_server(args, &extra).await?;
+    // GStreamer's `leaks` tracer, asked on SIGUSR1 which pipelines are alive, once the server is idle.
+    let log_dir = tempfile::tempdir()?;
+    let log_path = log_dir.path().join("gst.log");
+    let server = start_server_with(
+        args,
+        &extra,
+        &[
+            ("GST_TRACERS", "leaks(filters=GstPipeline)"),
+            ("GST_LEAKS_TRACER_SIG", "1"),
+            ("GST_DEBUG", "GST_TRACER:7"),
+            ("GST_DEBUG_NO_COLOR", "1"),
+        ],
+        Some(std::fs::File::create(&log_path)?),
+    )
+    .await?;
     let pid = server.child.id().to_string();
     let addr = server.addr;
     let mut samples: Vec<Sample> = Vec::new();
@@ -361,12 +397,13 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
                 s = sample(&pid);
             }
         }
+        s.pipelines = alive_pipelines(&pid, &log_path).await?;
         total.viewers += d.viewers;
         total.pushes += d.pushes;
         total.answered += d.answered;
         total.flaps += d.flaps;
         println!(
-            "round {r:>3}: {:>6} viewer cycles, {:>4} pushes ({} answered), {:>4} flaps | RSS {:>7.1} MiB, {:>4} fds, {:>3} threads | {:.0} s",
+            "round {r:>3}: {:>6} viewer cycles, {:>4} pushes ({} answered), {:>4} flaps | RSS {:>7.1} MiB, {:>4} fds, {:>3} threads, {} pipelines | {:.0} s",
             d.viewers,
             d.pushes,
             d.answered,
@@ -374,6 +411,7 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
             s.rss_kib as f64 / 1024.0,
             s.fds,
             s.threads,
+            s.pipelines,
             t0.elapsed().as_secs_f64()
         );
         samples.push(s);
@@ -389,6 +427,7 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
         "rss_mib": samples.iter().map(|s| (s.rss_kib as f64 / 102.4).round() / 10.0).collect::<Vec<_>>(),
         "fds": samples.iter().map(|s| s.fds).collect::<Vec<_>>(),
         "threads": samples.iter().map(|s| s.threads).collect::<Vec<_>>(),
+        "pipelines_alive": samples.iter().map(|s| s.pipelines).collect::<Vec<_>>(),
         "seconds": t0.elapsed().as_secs(),
     });
     println!("{verdict}");
@@ -410,6 +449,13 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
         warm.threads,
         last.threads
     );
-    eprintln!("soak: RSS, open files and threads came back after every round");
+    let leaked: Vec<usize> = samples.iter().map(|s| s.pipelines).collect();
+    anyhow::ensure!(
+        leaked.iter().all(|&n| n == 0),
+        "GStreamer pipelines alive once the server was idle, per round: {leaked:?}"
+    );
+    eprintln!(
+        "soak: RSS, open files, threads came back after every round, and no pipeline outlived its stream"
+    );
     Ok(())
 }
