@@ -229,7 +229,16 @@ async fn fallback_ends_every_viewer_cleanly_when_linger_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_none_ends_the_stream_with_its_source() {
     let server = Server::start(|a| a.fallback = Fallback::None).await;
-    let (sock, viewer) = cuttable_push(&server, "plain", &media(Media::MpegTs), 4).await;
+    let (sock, viewer) = cuttable_push(&server, "plain", &media(Media::MpegTs), 8).await;
+    // "live" comes with the first buffer, which may be audio: on a loaded machine the first picture comes a moment
+    // later.
+    let stream = server.state.registry.get("plain").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !stream.hub.has_join_point() {
+        assert!(tokio::time::Instant::now() < deadline, "no media published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
     drop(sock);
     let (body, clean) = viewer.await.unwrap();
     assert!(clean);

@@ -241,6 +241,12 @@ impl Hub {
         self.inner.lock().unwrap().ended
     }
 
+    /// Whether a reader could join now: a cluster that starts with a video keyframe (any cluster without video)
+    /// is in the ring.
+    pub fn has_join_point(&self) -> bool {
+        !self.inner.lock().unwrap().joins.is_empty()
+    }
+
     /// Whether readers are woken once per coalescing window rather than on every chunk.
     pub(crate) fn coalescing(&self) -> bool {
         !self.cfg.coalesce.is_zero()
