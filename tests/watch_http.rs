@@ -264,3 +264,41 @@ async fn ffmpeg_sees_a_normal_end_of_stream_as_one() {
     assert!(!stderr.contains("Input/output error"), "{stderr}");
     assert_eq!(push.await.unwrap().status, 200);
 }
+
+/// GStreamer's own HTTP client as a viewer (`souphttpsrc`, what a gst-launch user or another GStreamer app
+/// plays a stream with): it reads the whole stream, decodes it, and ends at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn souphttpsrc_watches_a_stream_to_its_end() {
+    let server = Server::start(|a| a.pace = true).await;
+    let (push, _) = start_push(&server, "soup").await;
+    let url = server.url("soup");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.state.registry.contains("soup") {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("gst-launch-1.0")
+            .args(["-q", "souphttpsrc"])
+            .arg(format!("location={url}"))
+            .args([
+                "!",
+                "matroskademux",
+                "!",
+                "vp8dec",
+                "!",
+                "fakesink",
+                "sync=false",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(push.await.unwrap().status, 200);
+}

@@ -1030,9 +1030,12 @@ fn same_track(a: &gst::CapsRef, b: &gst::CapsRef) -> bool {
             "codec_data",
         ]
         .iter()
-        .all(|f| {
-            let show = |s: &gst::StructureRef| s.value(*f).ok().map(|v| format!("{v:?}"));
-            show(a) == show(b)
+        .all(|f| match (a.value(*f), b.value(*f)) {
+            (Err(_), Err(_)) => true,
+            // By value: buffers (codec_data, each streamheader buffer) by their bytes. Comparing how the values
+            // print compared the buffers' addresses, so an encoder restarted with the same settings was refused.
+            (Ok(x), Ok(y)) => x.compare(y) == Some(std::cmp::Ordering::Equal),
+            _ => false,
         })
 }
 
@@ -1043,5 +1046,39 @@ fn describe(caps: &gst::CapsRef) -> String {
     match (s.get::<i32>("width"), s.get::<i32>("height")) {
         (Ok(w), Ok(h)) => format!("{} {w}x{h}", s.name()),
         _ => s.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vorbis(headers: &[&[u8]]) -> gst::Caps {
+        let array = gst::Array::new(headers.iter().map(|h| gst::Buffer::from_slice(h.to_vec())));
+        gst::Caps::builder("audio/x-vorbis")
+            .field("rate", 44_100i32)
+            .field("channels", 2i32)
+            .field("streamheader", array)
+            .build()
+    }
+
+    /// Codec headers are compared by their bytes: two demuxers reading the same file make different buffer
+    /// objects with equal contents, and an encoder restarted with the same settings must be taken back.
+    #[test]
+    fn same_track_compares_codec_headers_by_their_bytes() {
+        gst::init().unwrap();
+        let a = vorbis(&[b"\x01vorbis-id", b"\x03vorbis-comment", b"\x05vorbis-setup"]);
+        let b = vorbis(&[b"\x01vorbis-id", b"\x03vorbis-comment", b"\x05vorbis-setup"]);
+        assert!(same_track(&a, &b));
+        let other = vorbis(&[b"\x01vorbis-id", b"\x03vorbis-comment", b"\x05other-setup"]);
+        assert!(!same_track(&a, &other));
+        let vp8 = |w: i32| {
+            gst::Caps::builder("video/x-vp8")
+                .field("width", w)
+                .field("height", 240i32)
+                .build()
+        };
+        assert!(same_track(&vp8(320), &vp8(320)));
+        assert!(!same_track(&vp8(320), &vp8(640)));
     }
 }
