@@ -56,13 +56,16 @@ fn bench_smoke_through_edges_sees_the_origins_payloads() {
     assert_eq!(hops, [0, 1, 2], "{json}");
 }
 
-/// A short soak (3 rounds of viewer churn, pushes of every kind and source flaps): the daemon's RSS, open files
-/// and threads come back after every round, every push that should be answered is, with the status it should get.
+/// A short soak (4 rounds of viewer churn, pushes of every kind and source flaps, the first two to warm up): the
+/// daemon's RSS, open files and threads come back, no pipeline outlives its stream, every push that should be
+/// answered is, with the status it should get.
 #[test]
 fn short_soak_leaves_nothing_behind() {
     let (json, _) = bench(&[
         "--soak",
-        "3",
+        "4",
+        "--soak-warmup",
+        "2",
         "--soak-viewers",
         "200",
         "--soak-pushes",
@@ -70,7 +73,12 @@ fn short_soak_leaves_nothing_behind() {
         "--soak-flaps",
         "4",
     ]);
-    assert_eq!(json["viewer_cycles"], 600, "{json}");
-    assert_eq!(json["pushes"], 36, "{json}");
-    assert_eq!(json["flaps"], 12, "{json}");
+    assert_eq!(json["viewer_cycles"], 800, "{json}");
+    assert_eq!(json["pushes"], 48, "{json}");
+    assert_eq!(json["flaps"], 16, "{json}");
+    assert_eq!(
+        json["pipelines_alive"],
+        serde_json::json!([0, 0, 0, 0]),
+        "{json}"
+    );
 }

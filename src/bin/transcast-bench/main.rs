@@ -114,6 +114,10 @@ struct Args {
     /// Soak: source drops and returns per round.
     #[arg(long, default_value_t = 10)]
     soak_flaps: usize,
+    /// Soak: warm-up rounds; the last one's RSS, open files and threads are what the later rounds must come back
+    /// to.
+    #[arg(long, default_value_t = 1)]
+    soak_warmup: usize,
 }
 
 /// Bytes no demuxer takes for media (xorshift).
@@ -154,6 +158,10 @@ fn main() -> anyhow::Result<()> {
                 && args.soak_viewers <= 100_000
                 && args.soak_pushes <= 1000,
             "--soak takes 2 to 1000 rounds (the first is the warm-up), at most 100000 viewers and 1000 pushes a round"
+        );
+        anyhow::ensure!(
+            (1..rounds as usize).contains(&args.soak_warmup),
+            "--soak-warmup must leave at least one round after it"
         );
         return rt.block_on(soak::soak(&args, rounds));
     }

@@ -389,15 +389,20 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
         // Let the last responses, pipelines and their threads wind down: up to SETTLE for the open files and
         // threads to be back at the warm-up's level (the warm-up itself gets a second).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut s = sample(&pid);
-        if let Some(w) = samples.first().copied() {
-            let until = Instant::now() + SETTLE;
-            while (s.fds > w.fds || s.threads > w.threads) && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                s = sample(&pid);
+        // A stream leaves the registry a moment before its pipelines are gone: wait (up to SETTLE) until none
+        // is alive and, after the warm-up, open files and threads are back at its level.
+        let warm = samples.get(args.soak_warmup - 1).copied();
+        let until = Instant::now() + SETTLE;
+        let s = loop {
+            let mut s = sample(&pid);
+            s.pipelines = alive_pipelines(&pid, &log_path).await?;
+            let settled =
+                s.pipelines == 0 && warm.is_none_or(|w| s.fds <= w.fds && s.threads <= w.threads);
+            if settled || Instant::now() >= until {
+                break s;
             }
-        }
-        s.pipelines = alive_pipelines(&pid, &log_path).await?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         total.viewers += d.viewers;
         total.pushes += d.pushes;
         total.answered += d.answered;
@@ -416,7 +421,8 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
         );
         samples.push(s);
     }
-    let warm = samples[0];
+    // The last warm-up round is the reference: allocator caches and GStreamer's registries fill during the first.
+    let warm = samples[args.soak_warmup - 1];
     let last = *samples.last().expect("at least one round");
     let rss_cap = warm.rss_kib + warm.rss_kib / 20 + 2048;
     let verdict = serde_json::json!({
