@@ -361,6 +361,9 @@ async fn edge_pulls_on_demand_shares_one_pull_and_closes_it_after_the_linger() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "not_found", "{body}");
+    // And the edge does not go on asking its origin for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api_get(&edge, "/api/v1/pulls").await, json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

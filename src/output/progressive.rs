@@ -126,7 +126,7 @@ async fn await_pull(
         let st = status.borrow_and_update().clone();
         let why = st.last_error.clone().unwrap_or_default();
         match (st.state, st.last_status) {
-            (PullState::Retrying, Some(404)) => {
+            (PullState::Retrying | PullState::Stopped, Some(404)) => {
                 return Err(Error::not_found(format!(
                     "no live stream named '{name}' here or upstream ({why})"
                 )));

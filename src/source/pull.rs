@@ -233,7 +233,8 @@ impl Pulls {
         let mut map = self.map.lock().unwrap();
         let pull = match map.get(name) {
             Some(p) => p.clone(),
-            None if !app.config.origins.is_empty() => {
+            // An edge pulls any name a viewer asks for, as many at once as it may have streams.
+            None if !app.config.origins.is_empty() && map.len() < app.config.max_streams => {
                 let p = Arc::new(Pull::new(
                     name,
                     app.config.origins.clone(),
@@ -380,6 +381,23 @@ async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
                 status,
                 delivered,
             } => {
+                // An edge asked for a name its origins do not have: the viewer has its 404, and a pull left retrying
+                // would only knock on the origin for a name nobody can watch. (One that delivered before keeps
+                // trying: that is its origin restarting.)
+                if pull.kind == PullKind::Edge
+                    && status == Some(404)
+                    && pull.status.borrow().connections == 0
+                    && round + 1 >= pull.urls.len()
+                {
+                    pull.status.send_modify(|s| {
+                        s.state = PullState::Stopped;
+                        s.failures += 1;
+                        s.last_error = Some(error.message.clone());
+                        s.last_status = status;
+                    });
+                    tracing::info!(stream = %pull.name, "no origin has this stream: pull closed");
+                    break;
+                }
                 if delivered {
                     backoff = RETRY_MIN;
                     round = 0;
