@@ -482,7 +482,8 @@ pub fn demux(data: &[u8], container_demuxer: &str) -> Demuxed {
     let o = out.clone();
     demux.connect_pad_added(move |_, pad| {
         let Some(pipeline) = pw.upgrade() else { return };
-        let caps = pad.current_caps().unwrap();
+        // A pad may come before its caps are set: what it can produce is as good to tell its kind.
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let name = caps.structure(0).unwrap().name().to_string();
         // async=false: two sinks fed by one demuxer thread would otherwise deadlock in preroll.
         let sink = gst_app::AppSink::builder().sync(false).build();
@@ -547,7 +548,8 @@ pub fn decode(data: &[u8]) -> Decoded {
     let o = out.clone();
     dec.connect_pad_added(move |_, pad| {
         let Some(pipeline) = pw.upgrade() else { return };
-        let caps = pad.current_caps().unwrap();
+        // A pad may come before its caps are set: what it can produce is as good to tell its kind.
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let s = caps.structure(0).unwrap();
         let video = s.name().starts_with("video/");
         if video {
@@ -568,6 +570,13 @@ pub fn decode(data: &[u8]) -> Decoded {
                     let b = sample.buffer().unwrap();
                     let pts = b.pts().map(|t| t.nseconds());
                     let mut o = o.lock().unwrap();
+                    if video
+                        && o.width == 0
+                        && let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                    {
+                        o.width = s.get("width").unwrap_or(0);
+                        o.height = s.get("height").unwrap_or(0);
+                    }
                     let monotonic = match (last, pts) {
                         (Some(l), Some(p)) => p >= l,
                         _ => true,
