@@ -327,8 +327,10 @@ async fn pushing_the_same_name_again_at_once_continues_the_stream() {
     let body = watched.await.unwrap().body;
     assert_eq!(ebml_headers(&body), 1, "one response, one header");
     let d = decode(&body);
+    // The second clip whole, and the first up to where the second replaced it (a source still playing out is
+    // replaced at once: an encoder that restarted has its newest picture on air).
     assert!(
-        d.video_frames >= FRAMES * 2 - 10,
+        d.video_frames > FRAMES + 10,
         "{} pictures of two clips",
         d.video_frames
     );
