@@ -238,26 +238,40 @@ async fn watch_head_that_never_completes_is_closed() {
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
 
+/// Starts a push of the WebM clip to `name` and, once the stream exists, runs the viewer `tool(url)` makes to
+/// its end: the push's task and the tool's output.
+async fn watch_with_tool(
+    server: &Server,
+    name: &str,
+    tool: impl FnOnce(&str) -> std::process::Command + Send + 'static,
+) -> (tokio::task::JoinHandle<PushResult>, std::process::Output) {
+    let (push, _) = start_push(server, name).await;
+    let url = server.url(name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.state.registry.contains(name) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || tool(&url).output().unwrap())
+        .await
+        .unwrap();
+    (push, out)
+}
+
 /// ffmpeg, the tool people check a stream with, reads the end of a stream as a normal end: no "Stream ends
 /// prematurely", no I/O error, exit status 0 (with close-delimited bodies it printed both at every end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_sees_a_normal_end_of_stream_as_one() {
     let server = Server::start(|a| a.pace = true).await;
-    let (push, _) = start_push(&server, "ff").await;
-    let url = server.url("ff");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !server.state.registry.contains("ff") {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "warning", "-i", &url, "-f", "null", "-"])
-            .output()
-            .unwrap()
+    let (push, out) = watch_with_tool(&server, "ff", |url| {
+        let mut c = std::process::Command::new("ffmpeg");
+        c.args(["-nostdin", "-v", "warning", "-i", url, "-f", "null", "-"]);
+        c
     })
-    .await
-    .unwrap();
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("prematurely"), "{stderr}");
@@ -270,16 +284,9 @@ async fn ffmpeg_sees_a_normal_end_of_stream_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn souphttpsrc_watches_a_stream_to_its_end() {
     let server = Server::start(|a| a.pace = true).await;
-    let (push, _) = start_push(&server, "soup").await;
-    let url = server.url("soup");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !server.state.registry.contains("soup") {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("gst-launch-1.0")
-            .args(["-q", "souphttpsrc"])
+    let (push, out) = watch_with_tool(&server, "soup", |url| {
+        let mut c = std::process::Command::new("gst-launch-1.0");
+        c.args(["-q", "souphttpsrc"])
             .arg(format!("location={url}"))
             .args([
                 "!",
@@ -289,12 +296,10 @@ async fn souphttpsrc_watches_a_stream_to_its_end() {
                 "!",
                 "fakesink",
                 "sync=false",
-            ])
-            .output()
-            .unwrap()
+            ]);
+        c
     })
-    .await
-    .unwrap();
+    .await;
     assert!(
         out.status.success(),
         "{}",
