@@ -39,6 +39,9 @@ use pipeline::SourcePipeline;
 /// Bound on the wait for a source's pipeline to play out what it was given after the input ended (pacing
 /// plays out what is queued: appsrc + queues + a second of lead is well under this).
 pub const EOS_TIMEOUT: Duration = Duration::from_secs(60);
+/// ... and on a pipeline that has taken all its input yet does not end.
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+const STUCK_CHECK: Duration = Duration::from_millis(250);
 
 /// What a source task needs besides its stream.
 #[derive(Debug, Clone)]
@@ -273,6 +276,23 @@ async fn feed(
                 None => std::future::pending().await,
             }
         };
+        // While draining: a pipeline that has taken every byte and still not ended after STUCK_AFTER is a demuxer
+        // waiting for data that will never come (a corrupt index, a damaged fragment); what it still held plays out
+        // well within that (pacing holds a second, the queues a second).
+        let stuck = async {
+            if draining.is_none() {
+                return std::future::pending().await;
+            }
+            let mut since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(STUCK_CHECK).await;
+                if !feeder.starved() {
+                    since = None;
+                } else if since.get_or_insert_with(Instant::now).elapsed() >= STUCK_AFTER {
+                    return;
+                }
+            }
+        };
         tokio::select! {
             feed = rx.recv(), if draining.is_none() => match feed {
                 Some(Feed::Data(d)) => { grace = None; pending = Some(d); }
@@ -286,6 +306,10 @@ async fn feed(
             }
             _ = drain_over => {
                 tracing::warn!(stream = %stream.name, "source did not play out within {EOS_TIMEOUT:?}");
+                return Outcome::Drained;
+            }
+            _ = stuck => {
+                tracing::warn!(stream = %stream.name, "source took all its input and did not end within {STUCK_AFTER:?}: its demuxer waits for data that will not come");
                 return Outcome::Drained;
             }
             msg = bus.next() => if let Some(o) = source_event(msg, &stream.name) { return o },
