@@ -625,10 +625,6 @@ async fn start_server_with(
     })
 }
 
-fn edges_addr(edges: &[Server], i: usize) -> SocketAddr {
-    edges[i].addr
-}
-
 /// A first viewer of `name` on an edge: its pull starts now and stays for the edge's --pull-linger.
 async fn warm_up(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(addr).await?;
@@ -1027,13 +1023,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     // Edges, each pulling from the origin (and with --chain one pulling from the first edge); every stream is
     // pulled once before the clients come, as a first viewer would.
-    let mut edges = Vec::new();
+    let mut edges: Vec<Server> = Vec::new();
     for i in 0..args.edges + usize::from(args.chain && args.edges > 0) {
-        let upstream = if i < args.edges {
-            addr
-        } else {
-            edges_addr(&edges, 0)
-        };
+        let upstream = if i < args.edges { addr } else { edges[0].addr };
         let e = start_server(args, &["--origin".into(), format!("http://{upstream}")]).await?;
         for n in &names {
             warm_up(e.addr, n).await?;
