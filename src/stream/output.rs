@@ -331,8 +331,13 @@ impl Output {
         Ok(())
     }
 
-    /// Ends every track (and re-encoder): the writer completes and posts [`OUTPUT_EOS`].
+    /// Ends every track (and re-encoder): the writer completes and posts [`OUTPUT_EOS`]. No track comes
+    /// after this, so the writer is told its tracks are complete even when the source that announced them
+    /// failed before it could (a demuxer erroring between two of its pads): else it would wait for more.
     pub fn end(&self, tracks: &[TrackOut], reencoders: &[Reencoder]) {
+        if let Err(e) = self.tracks_complete() {
+            tracing::warn!(stream = %self.name, "ending the output: {}", e.message);
+        }
         for t in tracks {
             let _ = t.appsrc.end_of_stream();
         }
@@ -664,6 +669,48 @@ pub fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream whose first source failed after announcing one track but before announcing them all (no
+    /// `tracks_complete`) still completes its output when it ends: its end is not held for the drain timeout.
+    #[test]
+    fn ending_before_the_tracks_were_complete_still_completes_the_output() {
+        gst::init().unwrap();
+        let hub = crate::stream::hub::Hub::new(
+            "t",
+            crate::stream::hub::HubConfig {
+                join: crate::config::JoinMode::Gop,
+                max_lag: std::time::Duration::from_secs(1),
+                max_gop_bytes: 1 << 20,
+                coalesce: std::time::Duration::ZERO,
+            },
+        );
+        let templates = Templates::load(None, &crate::config::EncodeSettings::default()).unwrap();
+        let output = Output::new(
+            "t",
+            OutputContext {
+                templates: Arc::new(templates),
+                transcodes: Arc::new(Semaphore::new(1)),
+                pace: false,
+                rtp_targets: Vec::new(),
+                muxer: Muxer::Direct,
+            },
+            hub,
+        )
+        .unwrap();
+        let caps = gst::Caps::builder("audio/x-vorbis").build();
+        let track = output
+            .add_track(TrackKind::Audio, TrackInput::Encoded(caps))
+            .unwrap();
+        output.end(&[track], &[]);
+        let done = output.bus().timed_pop_filtered(
+            gst::ClockTime::from_seconds(5),
+            &[gst::MessageType::Application],
+        );
+        assert!(
+            done.is_some_and(|m| m.structure().is_some_and(|s| s.name() == OUTPUT_EOS)),
+            "the output did not complete"
+        );
+    }
 
     /// A bug in a signal handler ends that pipeline with an error; it does not abort the process (a panic
     /// unwinding into GStreamer's C code would).
