@@ -18,7 +18,7 @@
 //!   points, reader cursors, skip and reap; `stream::registry` name → stream, name rules, 503 on too many.
 //! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`; on an edge it starts
 //!   the name's pull and checks viewer keys with the origin) and `output::fanout`
-//!   (threads writing to caught-up viewers' sockets). The RTP/UDP rebroadcast is a tap on the stream's encoded
+//!   (one pool of threads for the process, writing to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the stream's encoded
 //!   tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime, SDP).
 //! - [`control`]: `control::app` (shared state, startup, the stream factory), `control::api` (`/api/v1`,
 //!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web`.

@@ -307,3 +307,61 @@ async fn souphttpsrc_watches_a_stream_to_its_end() {
     );
     assert_eq!(push.await.unwrap().status, 200);
 }
+
+/// This process's threads that write to parked viewers.
+fn fanout_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("fanout-"))
+        .count()
+}
+
+/// The threads that write to caught-up viewers are one pool for the process, sized by cores: viewers parked
+/// on several streams do not add threads per stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_many_streams_share_one_pool_of_fanout_threads() {
+    let server = Server::start(|a| a.pace = true).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let clip = long_clip("webm");
+    let mut viewers = Vec::new();
+    for i in 0..4 {
+        let name = format!("pool{i}");
+        let (url, clip) = (server.url(&name), clip.clone());
+        tokio::spawn(async move { push(&url, clip, true).await });
+        for _ in 0..2 {
+            let (mut sock, head, _) = raw_watch(&server, &format!("/live/{name}")).await;
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            // Reads on, so the viewer keeps up with the live edge and is parked.
+            viewers.push(tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                let mut total = 0;
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            }));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fanout_threads() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no viewer was ever parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every viewer has had time to catch up and park, on whichever shard of its stream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let threads = fanout_threads();
+    assert!(
+        threads <= cores,
+        "{threads} fan-out threads for 8 viewers of 4 streams on {cores} cores"
+    );
+    for v in viewers {
+        v.abort();
+    }
+}

@@ -1,77 +1,46 @@
-//! Direct fan-out: raw watchers that have caught up with the live edge are written by a few shard threads per
-//! stream, instead of each chunk waking one task per client.
+//! Direct fan-out: raw watchers that have caught up with the live edge are written by a pool of threads shared
+//! by every stream, instead of each chunk waking one task per client.
 //!
 //! ```text
-//!  publish ─► head_tx ─► shard thread ×S ─► writev to every parked socket (non-blocking, shared iovecs)
+//!  publish ─► head_tx ─► shard (S per stream) on a pool thread ─► writev to every parked socket (non-blocking,
+//!                              │                                   shared iovecs)
 //!                              │ WouldBlock, partial write, falling behind, stream end
 //!                              ▼
 //!                        client task: resumes at its cursor (and the rest of a half-written chunk)
 //! ```
 //!
-//! A client task (`progressive::serve_raw`) parks its socket here when its last batch is written and its cursor is
-//! the head ([`crate::stream::hub::Subscription::park`], under the hub's lock, so no publication slips in between). A
-//! shard then writes each new chunk to every parked socket in one non-blocking `writev` per client, as Icecast
-//! writes to its listeners from one loop: at 1000 clients that is two woken threads per chunk instead of 1000
-//! tasks. A socket that cannot take everything at once goes back to its task, which waits for the socket like
-//! any other reader and parks again once it has caught up; so a slow client never holds up a shard, and
-//! skipping and reaping work as before. With a coalescing window nobody parks: tasks that run late merge
-//! windows into one write, which held up better under overload.
+//! A client task (`progressive::serve_raw`) parks its socket in one of its stream's shards when its last batch
+//! is written and its cursor is the head ([`crate::stream::hub::Subscription::park`], under the hub's lock, so
+//! no publication slips in between). A shard then writes each new chunk to every parked socket in one
+//! non-blocking `writev` per client, as Icecast writes to its listeners from one loop: at 1000 clients that is
+//! two woken threads per chunk instead of 1000 tasks. A socket that cannot take everything at once goes back to
+//! its task, which waits for the socket like any other reader and parks again once it has caught up; so a slow
+//! client never holds up a shard, and skipping and reaping work as before. With a coalescing window nobody
+//! parks: tasks that run late merge windows into one write, which held up better under overload.
+//!
+//! The shards run on one pool for the process ([`start`]): one thread per core (at most 8), each driving the
+//! shards given to it in turn, so the thread count does not grow with the number of streams. Threads rather
+//! than tokio workers: a pass over thousands of sockets takes milliseconds, and on a worker it would hold up
+//! everything queued behind it there (sources, new clients), while the kernel preempts a thread.
 //!
 //! Lock order: the hub's `inner`, then a shard's `parked` (parking); a shard never holds `parked` while it
 //! takes `inner`.
 
 use std::io::{IoSlice, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::runtime::Handle;
 
-use crate::stream::hub::{ClientShared, Hub};
+use crate::stream::hub::{Hub, Parked, Resume, Snapshot, shard_count};
 
 /// Most iovecs per `writev` (the kernel takes 1024; a batch is rarely more than a few chunks).
 pub const MAX_IOVECS: usize = 64;
 
 /// Clients written between two looks at the head during a pass.
 const REFRESH_EVERY: usize = 32;
-
-/// Where a client task picks up after a shard hands it back.
-#[derive(Debug)]
-pub struct Resume {
-    /// Next sequence number to take from the ring.
-    pub cursor: u64,
-    /// What is left of a chunk the shard wrote only in part: to be written first.
-    pub rest: Option<Bytes>,
-}
-
-/// A caught-up client, while a shard writes to it.
-#[derive(Debug)]
-pub struct Parked {
-    pub socket: Arc<TcpStream>,
-    pub shared: Arc<ClientShared>,
-    /// Next sequence number to write.
-    pub cursor: u64,
-    pub resume: oneshot::Sender<std::io::Result<Resume>>,
-}
-
-/// One shard of a stream's parked clients, and whether its task runs.
-#[derive(Debug, Default)]
-pub struct Shard {
-    pub parked: Mutex<Vec<Parked>>,
-    started: AtomicBool,
-}
-
-/// What a shard takes from the ring for one pass.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Sequence number of `chunks[0]`, the oldest chunk within the skip lag: a client further back goes to its
-    /// task, which skips.
-    pub from: u64,
-    pub head: u64,
-    pub ended: bool,
-}
 
 #[derive(Default)]
 struct PassBuffers {
@@ -89,31 +58,55 @@ enum Step {
     Drop,
 }
 
-/// Number of shards per stream: one per core, so every core can write.
-pub fn shard_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+/// The process's fan-out threads: each runs a single-threaded runtime that drives the shards given to it.
+struct Pool {
+    threads: Vec<Handle>,
+    next: AtomicUsize,
 }
 
-impl Shard {
-    /// Starts shard `index`'s thread on its first parked client. The caller has just parked one, so the
-    /// thread's first pass sees it.
-    ///
-    /// A thread of its own rather than a tokio task: a pass over thousands of sockets takes milliseconds, and
-    /// on a worker it would hold up everything queued behind it there (the stream's sources, new clients),
-    /// while the kernel preempts a thread.
-    pub fn ensure_running(&self, hub: &Arc<Hub>, index: usize) {
-        if self.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let rt = tokio::runtime::Handle::current();
-        let task = run(hub.clone(), index);
-        let spawned = std::thread::Builder::new()
+impl Pool {
+    /// The pool, started on first use; `None` when not one thread could be started.
+    fn get() -> Option<&'static Pool> {
+        static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let threads: Vec<Handle> = (0..shard_count()).filter_map(Pool::thread).collect();
+            (!threads.is_empty()).then(|| Pool {
+                threads,
+                next: AtomicUsize::new(0),
+            })
+        })
+        .as_ref()
+    }
+
+    fn thread(index: usize) -> Option<Handle> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .inspect_err(|e| tracing::warn!("cannot start fan-out runtime {index}: {e}"))
+            .ok()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
             .name(format!("fanout-{index}"))
             .stack_size(256 << 10)
-            .spawn(move || rt.block_on(task));
-        if let Err(e) = spawned {
-            tracing::warn!("cannot start a fan-out thread ({e}): running it on the runtime");
-            tokio::spawn(run(hub.clone(), index));
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .inspect_err(|e| tracing::warn!("cannot start fan-out thread {index}: {e}"))
+            .ok()?;
+        Some(handle)
+    }
+}
+
+/// Has shard `index` of `hub` served: the caller has just parked its first client, so the shard's first pass
+/// sees it. Consecutive shards go to consecutive pool threads, so a stream's shards are spread over the cores.
+pub fn start(hub: &Arc<Hub>, index: usize) {
+    let task = run(hub.clone(), index);
+    match Pool::get() {
+        Some(pool) => {
+            let n = pool.next.fetch_add(1, Ordering::Relaxed);
+            pool.threads[n % pool.threads.len()].spawn(task);
+        }
+        None => {
+            tracing::warn!("no fan-out thread: serving a shard on the runtime");
+            tokio::spawn(task);
         }
     }
 }

@@ -397,8 +397,9 @@ const QUEUE_CAPACITY: usize = 4;
 /// Serves an admitted client straight on its socket, without hyper: an `HTTP/1.1 200` response in chunked
 /// transfer coding (chunks framed once by the hub, for every client) with `Connection: close`, then every batch
 /// the hub has ready in one vectored write, and the last chunk when the stream ends.
-/// Once the client has caught up with the live edge its socket is parked with one of the stream's fan-out
-/// threads (`fanout`), which writes new chunks to it directly; it comes back here when it cannot keep up.
+/// Once the client has caught up with the live edge its socket is parked with one of the stream's shards, which
+/// a fan-out thread (`fanout`) serves, writing new chunks to it directly; it comes back here when it cannot
+/// keep up.
 /// This is the path nearly every watcher takes, so it is kept lean: no per-client framing, no per-block flush,
 /// no per-connection read buffer (hyper's are 8 KiB and more), no task wake-up per chunk while caught up.
 pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
@@ -429,8 +430,11 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
                 if queue.capacity() > 4 * QUEUE_CAPACITY {
                     queue.shrink_to(QUEUE_CAPACITY);
                 }
-                if let Some(parked) = sub.park(&socket) {
-                    match parked.await {
+                if let Some(parking) = sub.park(&socket) {
+                    if let Some(index) = parking.start_shard {
+                        crate::output::fanout::start(sub.hub(), index);
+                    }
+                    match parking.resume.await {
                         Ok(resume) => queue.extend(sub.resume(resume?)),
                         // The shard let go without a word: only for a cancelled connection.
                         Err(_) => return Ok(false),

@@ -31,7 +31,6 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
-use crate::output::fanout::{self, Parked, Resume, Snapshot};
 use crate::stream::webm::{self, Chunk, TrackInfo, TrackKind};
 
 /// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
@@ -160,8 +159,8 @@ pub struct Hub {
     /// The head, readable without the lock (a shard checks it between clients).
     published: AtomicU64,
     epoch: Instant,
-    /// Caught-up raw watchers, written directly by the shard tasks (`fanout`).
-    shards: Vec<fanout::Shard>,
+    /// Caught-up raw watchers, written directly by the fan-out threads (`output::fanout`).
+    shards: Vec<Shard>,
     pub stats: HubStats,
 }
 
@@ -187,6 +186,57 @@ pub enum SubscribeError {
     Timeout,
 }
 
+/// Where a client task picks up after a shard hands it back.
+#[derive(Debug)]
+pub struct Resume {
+    /// Next sequence number to take from the ring.
+    pub cursor: u64,
+    /// What is left of a chunk the shard wrote only in part: to be written first.
+    pub rest: Option<Bytes>,
+}
+
+/// A caught-up client, while a shard writes to it.
+#[derive(Debug)]
+pub struct Parked {
+    pub socket: Arc<TcpStream>,
+    pub shared: Arc<ClientShared>,
+    /// Next sequence number to write.
+    pub cursor: u64,
+    pub resume: oneshot::Sender<std::io::Result<Resume>>,
+}
+
+/// One shard of a stream's parked clients, and whether a fan-out thread serves it.
+#[derive(Debug, Default)]
+pub struct Shard {
+    pub parked: Mutex<Vec<Parked>>,
+    started: AtomicBool,
+}
+
+/// A reader handed to a shard.
+#[must_use = "a shard that no thread serves never writes to its parked clients"]
+#[derive(Debug)]
+pub struct Parking {
+    /// Says where the reader goes on once the shard hands it back.
+    pub resume: oneshot::Receiver<std::io::Result<Resume>>,
+    /// The shard has just taken its first client: the caller has it served (`output::fanout::start`).
+    pub start_shard: Option<usize>,
+}
+
+/// Shards per stream: one per core (at most 8), so every core of the fan-out pool can write a stream.
+pub fn shard_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// What a shard takes from the ring for one pass.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Sequence number of `chunks[0]`, the oldest chunk within the skip lag: a client further back goes to its
+    /// task, which skips.
+    pub from: u64,
+    pub head: u64,
+    pub ended: bool,
+}
+
 impl Hub {
     pub fn new(name: &str, cfg: HubConfig) -> Arc<Hub> {
         Arc::new(Hub {
@@ -199,9 +249,7 @@ impl Hub {
             next_client: AtomicU64::new(0),
             published: AtomicU64::new(0),
             epoch: Instant::now(),
-            shards: (0..fanout::shard_count())
-                .map(|_| fanout::Shard::default())
-                .collect(),
+            shards: (0..shard_count()).map(|_| Shard::default()).collect(),
             stats: HubStats::default(),
         })
     }
@@ -256,7 +304,7 @@ impl Hub {
         self.head_tx.subscribe()
     }
 
-    pub(crate) fn shard(&self, index: usize) -> &fanout::Shard {
+    pub(crate) fn shard(&self, index: usize) -> &Shard {
         &self.shards[index]
     }
 
@@ -635,14 +683,12 @@ impl Subscription {
         true
     }
 
-    /// Hands a caught-up reader's socket to a shard of the stream (see `fanout`), which writes new chunks to
-    /// it directly; the receiver says where to go on once the shard gives it back. `None` when the reader is
+    /// Hands a caught-up reader's socket to a shard of the stream, which a fan-out thread (`output::fanout`)
+    /// serves, writing new chunks to it directly; [`Parking::resume`] says where to go on once the shard gives
+    /// it back. `None` when the reader is
     /// not at the live edge (or the stream has ended): go on with [`Subscription::next_batch`]. Call it only
     /// once everything taken so far is written.
-    pub fn park(
-        &mut self,
-        socket: &Arc<TcpStream>,
-    ) -> Option<oneshot::Receiver<std::io::Result<Resume>>> {
+    pub fn park(&mut self, socket: &Arc<TcpStream>) -> Option<Parking> {
         let Cursor::At(cursor) = self.cursor else {
             return None;
         };
@@ -675,9 +721,17 @@ impl Subscription {
                 resume: tx,
             });
         }
-        shard.ensure_running(&self.hub, index);
+        let first = !shard.started.swap(true, Ordering::AcqRel);
         self.trim();
-        Some(rx)
+        Some(Parking {
+            resume: rx,
+            start_shard: first.then_some(index),
+        })
+    }
+
+    /// The stream's hub (a parked reader's shard is started with it).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Takes a reader back from a shard: its next chunk is `resume.cursor`; returns the rest of a chunk the
@@ -1110,6 +1164,18 @@ mod tests {
         (Arc::new(server), client)
     }
 
+    /// Parks a reader as its task does: with a fan-out thread serving its shard.
+    fn park(
+        s: &mut Subscription,
+        sock: &Arc<TcpStream>,
+    ) -> Option<oneshot::Receiver<std::io::Result<Resume>>> {
+        let parking = s.park(sock)?;
+        if let Some(index) = parking.start_shard {
+            crate::output::fanout::start(s.hub(), index);
+        }
+        Some(parking.resume)
+    }
+
     /// Takes everything the reader has ready, as a task does before it parks.
     async fn drain(s: &mut Subscription) {
         let mut q = VecDeque::new();
@@ -1130,7 +1196,7 @@ mod tests {
             "not caught up: the header is not even taken"
         );
         drain(&mut s).await;
-        let back = s.park(&sock).expect("caught up");
+        let back = park(&mut s, &sock).expect("caught up");
         let sent = h.stats.bytes_sent.load(Ordering::Relaxed);
         let at = h.published_chunks();
         publish_gops(&mut p, 1, 1);
@@ -1175,7 +1241,7 @@ mod tests {
         let mut s = reader(&h).await;
         s.use_chunked_framing();
         drain(&mut s).await;
-        let back = s.park(&sock).expect("caught up");
+        let back = park(&mut s, &sock).expect("caught up");
         let at = h.published_chunks();
         // A client that never reads: about 2 MB of 64 KiB blocks cannot all fit.
         let big = vec![7u8; 64 << 10];
@@ -1209,7 +1275,7 @@ mod tests {
         s.use_chunked_framing();
         let (sock, _client) = socket_pair().await;
         drain(&mut s).await;
-        let back = s.park(&sock).expect("caught up");
+        let back = park(&mut s, &sock).expect("caught up");
         let parked = |h: &Hub| {
             h.shards
                 .iter()

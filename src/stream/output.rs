@@ -511,23 +511,27 @@ impl Output {
         let clock = self.clock.clone();
         let name = self.name.clone();
         let drops = self.drops.clone();
+        let element = encoder.clone();
+        // Pad probes, unlike appsink callbacks, do not catch panics in gstreamer-rs: `no_panic` does.
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-            let Some(rt) = info.buffer().and_then(|b| running_time(pad, b)) else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let now = Instant::now();
-            let late = clock.lateness(rt, now);
-            if late <= MAX_ENCODE_LATENESS {
-                return gst::PadProbeReturn::Ok;
-            }
-            if let Some(n) = drops.note(now) {
-                tracing::warn!(stream = %name, late_ms = late.as_millis() as u64, dropped_total = n,
-                    "transcode cannot keep real time: dropping late frames");
-            }
-            // `Handled`, not `Drop`: gstreamer-rs has already taken the buffer out of the probe info (and frees
-            // it here), and GStreamer 1.22 unrefs the info's data on `Drop`, which then is NULL: a CRITICAL per
-            // frame.
-            gst::PadProbeReturn::Handled
+            no_panic(&element, "the encoder's lateness probe", gst::PadProbeReturn::Ok, || {
+                let Some(rt) = info.buffer().and_then(|b| running_time(pad, b)) else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let now = Instant::now();
+                let late = clock.lateness(rt, now);
+                if late <= MAX_ENCODE_LATENESS {
+                    return gst::PadProbeReturn::Ok;
+                }
+                if let Some(n) = drops.note(now) {
+                    tracing::warn!(stream = %name, late_ms = late.as_millis() as u64, dropped_total = n,
+                        "transcode cannot keep real time: dropping late frames");
+                }
+                // `Handled`, not `Drop`: gstreamer-rs has already taken the buffer out of the probe info (and
+                // frees it here), and GStreamer 1.22 unrefs the info's data on `Drop`, which then is NULL: a
+                // CRITICAL per frame.
+                gst::PadProbeReturn::Handled
+            })
         });
     }
 
@@ -603,7 +607,7 @@ pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
     Ok(())
 }
 
-/// Runs a GStreamer signal handler (pad-added, no-more-pads, ...) so that no panic crosses into C, where it
+/// Runs a GStreamer signal handler or pad probe (pad-added, no-more-pads, ...) so that no panic crosses into C, where it
 /// would abort the whole daemon: a panic becomes an error message on `element`'s bus, which ends the source or
 /// stream it belongs to and nothing else.
 pub fn no_panic<T>(element: &gst::Element, what: &str, default: T, f: impl FnOnce() -> T) -> T {
