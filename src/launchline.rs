@@ -40,6 +40,7 @@ impl LaunchLine {
     pub fn run(&self) -> Result<()> {
         let pipeline = gst::parse::launch(&self.description)
             .map_err(|e| Error::pipeline(format!("parsing the launch line: {e}")))?;
+        let pipeline = crate::stream::output::NullOnDrop(pipeline);
         pipeline.set_state(gst::State::Playing)?;
         let bus = pipeline.bus().expect("pipeline has a bus");
         let msg = bus.timed_pop_filtered(
@@ -56,7 +57,7 @@ impl LaunchLine {
             }
             _ => Ok(()),
         };
-        let _ = pipeline.set_state(gst::State::Null);
+        drop(pipeline);
         result
     }
 }

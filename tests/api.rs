@@ -199,6 +199,37 @@ async fn the_route_table_matches_the_router() {
     assert!(resp.text().await.unwrap().contains("no such route"));
 }
 
+/// An abort that comes before the push's format is even known is answered like any abort: the push's summary
+/// with `end: aborted`, not an error that blames a limit or another push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_before_the_input_is_recognised_answers_like_any_abort() {
+    let server = Server::start(|_| {}).await;
+    let api = Api { server: &server };
+    let (tx, push) = push_stream(&server.url("early"), None);
+    // Too little to tell the container from, and the upload stays open.
+    tx.send(media(Media::WebmVp8Vorbis).slice(..4))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !server.state.registry.contains("early") {
+        assert!(tokio::time::Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(abort(&api, "early").await, 204);
+    let pushed = tokio::time::timeout(Duration::from_secs(10), push)
+        .await
+        .expect("the push is answered")
+        .unwrap();
+    assert_eq!(
+        (pushed.status, pushed.json["end"].as_str()),
+        (200, Some("aborted")),
+        "{}",
+        pushed.json
+    );
+    drop(tx);
+    server.wait_gone("early").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_api_reports_details_graph_and_aborts() {
     let server = Server::start(|a| a.pace = true).await;
@@ -254,7 +285,9 @@ async fn streams_api_reports_details_graph_and_aborts() {
     assert_eq!(s["output"]["content_type"], "video/webm");
     assert_eq!(s["clients"]["now"], 1, "{s}");
     assert!(
-        s["bytes_in"].as_u64().unwrap() > 0 && s["bytes_out"].as_u64().unwrap() > 0,
+        s["bytes_in"].as_u64().unwrap() > 0
+            && s["bytes_out"].as_u64().unwrap() > 0
+            && s["bytes_published"].as_u64().unwrap() > 0,
         "{s}"
     );
     assert!(s["bitrate_out_bps"].as_u64().unwrap() > 0, "{s}");

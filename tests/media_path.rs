@@ -110,6 +110,13 @@ async fn every_container_plays_as_webm_pushed_with_content_length_and_chunked() 
         };
         assert_eq!(pushed.json["mode"], mode, "{kind:?} {how}");
         assert_eq!(pushed.json["bytes_in"], media(kind).len(), "{kind:?} {how}");
+        // One copy of the output, by the time of the answer: at most what the viewer from the start got.
+        let published = pushed.json["bytes_published"].as_u64().unwrap();
+        assert!(
+            published > 0 && published <= watched.body.len() as u64,
+            "{kind:?} {how}: {published} of {}",
+            watched.body.len()
+        );
         check_output(kind, &watched, how);
     }
     assert!(

@@ -106,7 +106,7 @@ struct StateFile {
 /// held, then swaps the new map in.
 #[derive(Debug)]
 pub struct TokenStore {
-    path: Option<PathBuf>,
+    path: PathBuf,
     sessions: Mutex<BTreeMap<String, Session>>,
     /// Serialises writers, so a snapshot is never overtaken by another write.
     writer: Mutex<()>,
@@ -146,17 +146,6 @@ pub fn parse_state(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Session
 }
 
 impl TokenStore {
-    /// A store that is not persisted (tests of other parts).
-    pub fn in_memory() -> TokenStore {
-        TokenStore {
-            path: None,
-            sessions: Mutex::new(BTreeMap::new()),
-            writer: Mutex::new(()),
-            #[cfg(test)]
-            persist_delay: std::time::Duration::ZERO,
-        }
-    }
-
     /// Opens (creating the directory if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<TokenStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -170,7 +159,7 @@ impl TokenStore {
         };
         tracing::info!(path = %path.display(), sessions = sessions.len(), "token store opened");
         Ok(TokenStore {
-            path: Some(path),
+            path,
             sessions: Mutex::new(sessions),
             writer: Mutex::new(()),
             #[cfg(test)]
@@ -219,9 +208,7 @@ impl TokenStore {
     fn persist(&self, sessions: &BTreeMap<String, Session>) -> Result<()> {
         #[cfg(test)]
         std::thread::sleep(self.persist_delay);
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
+        let path = &self.path;
         let state = StateFile {
             version: STATE_VERSION,
             sessions: sessions.values().cloned().collect(),

@@ -81,8 +81,16 @@ pub async fn run(
     mut rx: mpsc::Receiver<Feed>,
     ctx: SourceContext,
 ) {
-    let (detected, head, complete) = match typefind(&stream, &feeder, &mut rx, &ctx).await {
-        Ok(t) => t,
+    let (detected, head, complete) = match typefind(&feeder, &mut rx, &ctx).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            // Aborted (or replaced) before its input was recognised: answered like any aborted push.
+            feeder.status.send_modify(|s| {
+                s.ended.get_or_insert(End::Aborted);
+            });
+            stream.release(feeder.id);
+            return;
+        }
         Err(e) => {
             tracing::info!(stream = %stream.name, "source refused: {}", e.message);
             feeder.status.send_modify(|s| {
@@ -148,12 +156,12 @@ pub async fn run(
 
 /// Collects the first bytes until their container is known. A complete body too short to tell (the first
 /// of souphttpclientsink's pieces can be two MPEG-TS packets) waits `--resume-grace` for a continuation.
+/// `None` when the source is gone first (its stream aborted, or a new push took it).
 async fn typefind(
-    stream: &Stream,
     feeder: &Feeder,
     rx: &mut mpsc::Receiver<Feed>,
     ctx: &SourceContext,
-) -> Result<(Detected, Bytes, bool), Error> {
+) -> Result<Option<(Detected, Bytes, bool)>, Error> {
     let mut head = BytesMut::new();
     let mut grace: Option<Instant> = None;
     let detected = loop {
@@ -187,11 +195,7 @@ async fn typefind(
                 }
                 true
             }
-            _ = feeder.gone.cancelled() => {
-                return Err(Error::unavailable(format!(
-                    "stream '{}' ended before this input was recognised", stream.name
-                )));
-            }
+            _ = feeder.gone.cancelled() => return Ok(None),
         };
         match detect::probe(&head, complete) {
             Probe::NeedMore => continue,
@@ -210,7 +214,7 @@ async fn typefind(
             detected.container.name()
         )));
     }
-    Ok((detected, head.freeze(), complete))
+    Ok(Some((detected, head.freeze(), complete)))
 }
 
 /// Feeds the pipeline from the requests' chunks until the input ends (and plays out), is lost, fails or is

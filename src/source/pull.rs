@@ -765,7 +765,7 @@ fn open_gst(url: &str) -> Result<Body> {
         let _ = pipeline.set_state(gst::State::Null);
         Error::bad_request(format!("cannot read {url}"))
     })?;
-    let guard = PipelineGuard(pipeline);
+    let guard = crate::stream::output::NullOnDrop(pipeline);
     let stream = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let item = rx.recv().await?;
         Some((item, (rx, guard)))
@@ -841,14 +841,6 @@ fn remux(pipeline: &gst::Pipeline, src: &gst::Element, sink: &gst::Element) -> R
 }
 
 /// Stops a pull's GStreamer reader when its body is dropped.
-struct PipelineGuard(gst::Pipeline);
-
-impl Drop for PipelineGuard {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,8 +58,9 @@ pub struct PushSummary {
     pub input: &'static str,
     /// Input bytes the source has taken so far (over all its pieces): where a continuation starts.
     pub bytes_in: u64,
-    /// Bytes of WebM the stream has published so far (what each viewer gets, not the sum over viewers).
-    pub bytes_out: u64,
+    /// Bytes of WebM the stream has published so far: one copy of its output, whatever the number of viewers
+    /// (the API's `bytes_out` is what was sent to all viewers together).
+    pub bytes_published: u64,
     pub media_duration_ms: u64,
     pub frames_dropped: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -418,7 +419,7 @@ fn summary(stream: &Stream, feeder: &Feeder, end: End, input: &'static str) -> P
         mode: stream.mode(),
         input,
         bytes_in: feeder.bytes_in.load(Ordering::Acquire),
-        bytes_out: stream.hub.stats.bytes_published.load(Ordering::Relaxed),
+        bytes_published: stream.hub.stats.bytes_published.load(Ordering::Relaxed),
         media_duration_ms: stream.hub.media_duration().as_millis() as u64,
         frames_dropped: stream.frames_dropped(),
         message: None,

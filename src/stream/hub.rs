@@ -12,10 +12,12 @@
 //! a keyframe), and a reader that has not caught up with the live edge for `max_lag` is disconnected by the
 //! reaper, which also covers readers that never read at all (their body is never polled).
 //!
-//! A raw reader that has caught up hands its socket to the stream's fan-out threads ([`crate::output::fanout`]), which
-//! write new chunks to it directly until it falls behind, and hand it back.
+//! A raw reader that has caught up parks its socket in one of the stream's shards, which the process's fan-out
+//! threads ([`crate::output::fanout`]) serve: they write new chunks to it directly until it falls behind, and
+//! hand it back.
 //!
-//! Lock order: `inner` and `clients` are never held together; neither is held across an await or a push.
+//! Lock order: `inner`, then a shard's `parked` (parking; a fan-out thread takes `parked` alone, never `inner`
+//! while it holds it). `clients` is never held with either. None is held across an await or a push.
 //! Both are `std::sync::Mutex`: critical sections are a few pointer moves, shorter than a tokio mutex's
 //! own bookkeeping, and never span an await.
 

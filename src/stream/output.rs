@@ -607,6 +607,24 @@ pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
     Ok(())
 }
 
+/// A pipeline that goes to NULL when this is dropped, however its owner returns (an early `?` included): a
+/// pipeline dropped in another state leaks its streaming threads and warns.
+#[derive(Debug)]
+pub struct NullOnDrop<E: IsA<gst::Element>>(pub E);
+
+impl<E: IsA<gst::Element>> std::ops::Deref for NullOnDrop<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.0
+    }
+}
+
+impl<E: IsA<gst::Element>> Drop for NullOnDrop<E> {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
 /// Runs a GStreamer signal handler or pad probe (pad-added, no-more-pads, ...) so that no panic crosses into C, where it
 /// would abort the whole daemon: a panic becomes an error message on `element`'s bus, which ends the source or
 /// stream it belongs to and nothing else.
@@ -714,6 +732,23 @@ mod tests {
             done.is_some_and(|m| m.structure().is_some_and(|s| s.name() == OUTPUT_EOS)),
             "the output did not complete"
         );
+    }
+
+    /// The guard puts its pipeline back to NULL whichever way its owner leaves.
+    #[test]
+    fn a_guarded_pipeline_is_stopped_when_its_owner_returns_early() {
+        gst::init().unwrap();
+        fn start(p: &gst::Pipeline) -> Result<()> {
+            let _guard = NullOnDrop(p.clone());
+            p.set_state(gst::State::Playing)?;
+            Err(Error::pipeline("an early return"))
+        }
+        let p = gst::parse::launch("audiotestsrc is-live=true ! fakesink")
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        assert!(start(&p).is_err());
+        assert_eq!(p.current_state(), gst::State::Null);
     }
 
     /// A bug in a signal handler ends that pipeline with an error; it does not abort the process (a panic

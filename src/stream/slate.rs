@@ -15,6 +15,7 @@ use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 
+use super::output::NullOnDrop;
 use super::{AUDIO_CHANNELS, AUDIO_RATE, Stream};
 use crate::config::Fallback;
 use crate::error::{Error, Result};
@@ -56,7 +57,10 @@ pub async fn run(stream: Arc<Stream>) {
 /// stream still on its fallback.
 fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Result<bool> {
     let tracks = stream.raw_tracks();
-    let pipeline = gst::Pipeline::with_name(&format!("fallback-{}-{iteration}", stream.name));
+    let pipeline = NullOnDrop(gst::Pipeline::with_name(&format!(
+        "fallback-{}-{iteration}",
+        stream.name
+    )));
     let src = gst::ElementFactory::make("filesrc")
         .property("location", path)
         .build()?;
@@ -89,7 +93,7 @@ fn play_file(stream: &Arc<Stream>, path: &std::path::Path, iteration: u64) -> Re
             _ => {}
         }
     };
-    let _ = pipeline.set_state(gst::State::Null);
+    drop(pipeline);
     result
 }
 
@@ -238,7 +242,7 @@ fn frames(name: &str, tracks: &[(TrackKind, gst::Caps)]) -> Result<Vec<(TrackKin
 
 /// Renders the slate picture in `caps` (raw I420 at the stream's size).
 fn picture(name: &str, caps: &gst::Caps) -> Result<gst::Buffer> {
-    let pipeline = gst::Pipeline::new();
+    let pipeline = NullOnDrop(gst::Pipeline::new());
     let src = gst::ElementFactory::make("videotestsrc")
         .property_from_str("pattern", "black")
         .property("num-buffers", 1i32)
@@ -270,7 +274,7 @@ fn picture(name: &str, caps: &gst::Caps) -> Result<gst::Buffer> {
     let sample = sink.try_pull_sample(gst::ClockTime::from_nseconds(
         RENDER_TIMEOUT.as_nanos() as u64
     ));
-    let _ = pipeline.set_state(gst::State::Null);
+    drop(pipeline);
     let sample = sample.ok_or_else(|| Error::pipeline("the slate picture was not rendered"))?;
     let buffer = sample
         .buffer_owned()

@@ -26,6 +26,8 @@ pub struct StreamInfo {
     pub bytes_in: u64,
     /// Bytes sent to clients, all clients together.
     pub bytes_out: u64,
+    /// Bytes of WebM the stream has published: one copy of its output (what `bitrate_out_bps` is a rate of).
+    pub bytes_published: u64,
     pub bitrate_in_bps: u64,
     pub bitrate_out_bps: u64,
     pub clients: ClientStats,

@@ -126,6 +126,7 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
         started_at: rfc3339(OffsetDateTime::from(e.started_at)),
         bytes_in: e.bytes_in.load(Relaxed),
         bytes_out: stats.bytes_sent.load(Relaxed),
+        bytes_published: stats.bytes_published.load(Relaxed),
         bitrate_in_bps: rates.bitrate_in_bps,
         bitrate_out_bps: rates.bitrate_out_bps,
         clients: ClientStats {
