@@ -294,8 +294,32 @@ async fn size_changes_mid_stream_keep_the_stream_playing() {
     );
     assert!(d.video_frames >= 150, "{} pictures of 180", d.video_frames);
     assert!(d.video_pts_monotonic && d.audio_pts_monotonic);
-    // Not yet here: audio-only input that later gains video (a new MPEG-TS program). Its new tracks are left
-    // unused and the source stalls until its play-out bound; see the notes of issue 16.
+}
+
+/// An encoder that starts with audio only and then adds its camera: a new MPEG-TS program with audio and video.
+/// The stream was announced audio-only, so it stays so; its audio goes on across the change (the new program's
+/// audio takes the old one's place) and the push ends with its input, not at a play-out bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_input_that_gains_video_keeps_its_audio_going() {
+    let server = Server::start(|a| a.pace = true).await;
+    let data = ts_sequence("gains-video", &[(0, 0, "a"), (320, 240, "av")]);
+    let started = std::time::Instant::now();
+    let (pushed, watched) = push_and_watch(&server.url("gains"), data, true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    let d = decode(&watched.body);
+    assert_eq!(d.video_frames, 0, "an audio-only stream stays audio-only");
+    // Two parts of 90 buffers of 1024 samples at 44.1 kHz: about 4.2 s of audio.
+    assert!(
+        d.audio_ns > 3_800_000_000,
+        "{} ms of audio: the second part's audio was lost",
+        d.audio_ns / 1_000_000
+    );
+    assert!(d.audio_pts_monotonic);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(12),
+        "the stream ended {:?} after its start: it waited for a play-out bound",
+        started.elapsed()
+    );
 }
 
 /// A push to a name whose previous push has just been answered (an encoder restarted at once): the new one is

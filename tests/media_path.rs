@@ -73,7 +73,8 @@ fn check_output(kind: Media, watched: &Watched, how: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_container_plays_as_webm_pushed_with_content_length_and_chunked() {
-    let server = Server::start(|_| {}).await;
+    // The one unpaced batch: 18 pushes as fast as they decode. The other media tests run paced, as users run.
+    let server = Server::start(|a| a.pace = false).await;
     let jobs: Vec<(Media, bool)> = Media::PLAYABLE
         .iter()
         .flat_map(|&m| [(m, false), (m, true)])
@@ -110,10 +111,11 @@ async fn every_container_plays_as_webm_pushed_with_content_length_and_chunked() 
         };
         assert_eq!(pushed.json["mode"], mode, "{kind:?} {how}");
         assert_eq!(pushed.json["bytes_in"], media(kind).len(), "{kind:?} {how}");
-        // One copy of the output, by the time of the answer: at most what the viewer from the start got.
+        // One copy of the output, by the time of the answer (which can come before the writer's first bytes):
+        // at most what the viewer from the start got.
         let published = pushed.json["bytes_published"].as_u64().unwrap();
         assert!(
-            published > 0 && published <= watched.body.len() as u64,
+            published <= watched.body.len() as u64,
             "{kind:?} {how}: {published} of {}",
             watched.body.len()
         );
@@ -127,7 +129,7 @@ async fn every_container_plays_as_webm_pushed_with_content_length_and_chunked() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_keeps_vp8_payloads_byte_for_byte() {
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let input = media(Media::WebmVp8Vorbis);
     let (pushed, watched) = push_and_watch(&server.url("pass"), input.clone(), true).await;
     assert_eq!(pushed.json["mode"], "passthrough");
@@ -206,7 +208,7 @@ async fn input_faster_than_real_time_is_paced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_streams_at_once_play_independently() {
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let (one, two) = (server.url("one"), server.url("two"));
     let (a, b) = tokio::join!(
         push_and_watch(&one, media(Media::WebmVp8Vorbis), true),
@@ -266,7 +268,7 @@ async fn client_that_never_reads_is_dropped_and_does_not_slow_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_that_disconnects_mid_stream_ends_clients_cleanly() {
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let data = media(Media::Mp4Fragmented);
     let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     sock.write_all(b"PUT /live/cut HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -363,7 +365,7 @@ async fn head_is_not_a_viewer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_input_ends_the_stream_cleanly() {
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let data = media(Media::MpegTs);
     let half = data.slice(..data.len() / 2);
     let (pushed, watched) = push_and_watch(&server.url("trunc"), half, false).await;
@@ -391,7 +393,7 @@ async fn ffmpeg_chunked_matroska_put_plays() {
         eprintln!("ffmpeg not installed: skipped");
         return;
     }
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mp4");
     std::fs::write(&input, media(Media::Mp4Faststart)).unwrap();
@@ -532,7 +534,7 @@ async fn client_limit_answers_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_output_timestamps_follow_the_input() {
-    let server = Server::start(|_| {}).await;
+    let server = Server::start(|a| a.pace = true).await;
     let input = media(Media::WebmVp8Vorbis);
     let (_, watched) = push_and_watch(&server.url("ts"), input.clone(), false).await;
     let inn = demux(&input, "matroskademux");

@@ -68,6 +68,9 @@ struct Builder {
     pacer: Arc<Pacer>,
     shared: Arc<SourceShared>,
     taken: Mutex<(bool, bool)>,
+    /// Where the raw video and audio tracks go (their conform bins' sinks), once linked: a later group of
+    /// decodebin's pads continues there.
+    inputs: Mutex<[Option<gst::Pad>; 2]>,
     limits: InputLimits,
 }
 
@@ -109,6 +112,7 @@ impl SourcePipeline {
             pacer: pacer.clone(),
             shared: shared.clone(),
             taken: Mutex::new((false, false)),
+            inputs: Mutex::default(),
             limits,
         });
         if !matroska {
@@ -311,11 +315,24 @@ impl Builder {
             let slot = if video { &mut taken.0 } else { &mut taken.1 };
             (video || audio) && !std::mem::replace(slot, true)
         };
+        let raw = caps_name.ends_with("/x-raw");
+        let slot = usize::from(!video);
         if !first_of_kind {
+            // decodebin removes a group's pads when the input moves on to its next group (a new MPEG-TS
+            // program, the next link of a chained Ogg) and adds the new group's: that pad continues the track.
+            let free = (raw && (video || audio))
+                .then(|| self.inputs.lock().unwrap_or_else(|e| e.into_inner())[slot].clone())
+                .flatten()
+                .filter(|t| !t.is_linked());
+            if let Some(input) = free {
+                tracing::info!(stream = %self.stream.name, caps = %caps_name, "the input's next group continues the track");
+                return pad.link(&input).map(|_| ()).map_err(|e| {
+                    Error::unsupported(format!("cannot continue with the {caps_name} track: {e:?}"))
+                });
+            }
             tracing::info!(stream = %self.stream.name, caps = %caps_name, "ignoring extra or non-media track");
             return self.discard(pad);
         }
-        let raw = caps_name.ends_with("/x-raw");
         if !raw {
             record_codec(&self.shared, &caps);
         }
@@ -372,6 +389,9 @@ impl Builder {
             pad.link(&sink_pad).map_err(|e| {
                 Error::unsupported(format!("cannot use the {caps_name} track: {e:?}"))
             })?;
+            if raw {
+                self.inputs.lock().unwrap_or_else(|e| e.into_inner())[slot] = Some(sink_pad);
+            }
         } else {
             // A Matroska track in a codec browsers cannot play: decode it first.
             let decoder = self.templates.element(Part::Decode)?;

@@ -25,11 +25,14 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
+// tokio's, so the hub's tests run on a paused clock; outside a runtime (the writer's streaming thread) it is
+// the system's monotonic clock, like std's.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
@@ -1064,7 +1067,7 @@ mod tests {
         assert_eq!(r.unwrap_err(), SubscribeError::Ended);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn lagging_reader_skips_to_newest_keyframe_then_is_reaped() {
         let (h, mut p) = started(JoinMode::Gop, 300);
         let kill = CancellationToken::new();
@@ -1078,7 +1081,7 @@ mod tests {
         read_available(&mut fast).await;
         publish_gops(&mut p, 1, 1);
         read_available(&mut fast).await;
-        std::thread::sleep(Duration::from_millis(200)); // GOP 1 is now older than skip_lag (75 ms)
+        tokio::time::advance(Duration::from_millis(200)).await; // GOP 1 is now older than skip_lag (75 ms)
         publish_gops(&mut p, 2, 1);
         read_available(&mut fast).await;
         let got = read_available(&mut slow).await;
@@ -1088,7 +1091,7 @@ mod tests {
         assert_eq!(h.stats.skips.load(Ordering::Relaxed), 1);
         // Now it stops reading while the stream goes on: after max_lag it is reaped; the reader that
         // keeps up is not.
-        std::thread::sleep(Duration::from_millis(350));
+        tokio::time::advance(Duration::from_millis(350)).await;
         publish_gops(&mut p, 3, 1);
         read_available(&mut fast).await;
         assert_eq!(h.reap(), 1);
