@@ -3,11 +3,12 @@
 //!
 //! Defaults are embedded, so `transcast serve` with no options is a working daemon on 127.0.0.1:8080.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use ipnet::IpNet;
 
 /// Where a new HTTP client starts reading a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -166,15 +167,15 @@ pub struct ServeArgs {
 
     /// Enables the token server: only callers in these masks (CIDR or address, repeatable, IPv4/IPv6) may use
     /// the token and stream-control API, and pushing a stream needs a session token.
-    #[arg(long = "token-server", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
+    #[arg(long = "token-server", value_name = "CIDR", value_parser = parse_mask)]
     pub token_server: Vec<ipnet::IpNet>,
 
     /// Without --token-server: masks whose callers may use the control API. Default: loopback only.
-    #[arg(long = "api-allow", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
+    #[arg(long = "api-allow", value_name = "CIDR", value_parser = parse_mask)]
     pub api_allow: Vec<ipnet::IpNet>,
 
     /// Proxies whose X-Forwarded-For is believed for the address checks (repeatable).
-    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_mask)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
     /// RTP/UDP target `IP:port` every stream is rebroadcast to (repeatable): video RTP on port P, RTCP P+1,
@@ -184,7 +185,7 @@ pub struct ServeArgs {
 
     /// Masks RTP/UDP targets must fall in (repeatable), so the daemon cannot be made a UDP reflector.
     /// Default: loopback only.
-    #[arg(long = "rtp-allow", value_name = "CIDR", value_parser = crate::control::auth::parse_mask)]
+    #[arg(long = "rtp-allow", value_name = "CIDR", value_parser = parse_mask)]
     pub rtp_allow: Vec<ipnet::IpNet>,
 
     /// Directory for persistent state (token sessions). Created if missing.
@@ -526,23 +527,23 @@ impl Config {
                 a.token_server
             },
             api_allow: if a.api_allow.is_empty() {
-                crate::control::auth::loopback_masks()
+                loopback_masks()
             } else {
                 a.api_allow
             },
             trusted_proxy: a.trusted_proxy,
             rtp_allow: if a.rtp_allow.is_empty() {
-                crate::control::auth::loopback_masks()
+                loopback_masks()
             } else {
                 a.rtp_allow.clone()
             },
             rtp_targets: {
                 let allow = if a.rtp_allow.is_empty() {
-                    crate::control::auth::loopback_masks()
+                    loopback_masks()
                 } else {
                     a.rtp_allow.clone()
                 };
-                crate::stream::rtp::validate_targets(&a.rtp_target, &allow)
+                check_rtp_targets(&a.rtp_target, &allow)
                     .map_err(|e| format!("--rtp-target: {}", e.message))?;
                 a.rtp_target.clone()
             },
@@ -560,6 +561,67 @@ impl Config {
             },
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Values every layer checks against: address masks, stream names, RTP targets. Here, at the bottom, so the
+// control API, the streams and the command line share one rule each without importing one another.
+
+/// Parses `CIDR` or a bare address (a /32 or /128).
+pub fn parse_mask(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{s}' is not an address or CIDR mask"))
+}
+
+pub fn loopback_masks() -> Vec<IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+
+/// Whether `ip` falls in any of `masks` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn allowed(masks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    masks.iter().any(|m| m.contains(&ip))
+}
+
+/// Stream names: what fits a URL path segment and a GStreamer object name unescaped.
+pub const NAME_MAX_LEN: usize = 64;
+
+pub fn validate_name(name: &str) -> Result<(), crate::error::Error> {
+    let ok = (1..=NAME_MAX_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::bad_request(format!(
+            "invalid stream name: use 1 to {NAME_MAX_LEN} characters of A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
+/// Checks RTP targets: an allowed address, and a base port leaving room for P+3 (RTP and RTCP of two tracks).
+pub fn check_rtp_targets(
+    targets: &[SocketAddr],
+    allow: &[IpNet],
+) -> Result<(), crate::error::Error> {
+    for t in targets {
+        if t.port() == 0 || t.port() > u16::MAX - 3 {
+            return Err(crate::error::Error::bad_request(format!(
+                "RTP target {t}: the port must be 1..65532 (P to P+3 are used)"
+            )));
+        }
+        if !allowed(allow, t.ip()) {
+            return Err(crate::error::Error::forbidden(format!(
+                "RTP target {t} is outside --rtp-allow; the daemon only sends UDP where it is allowed to"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

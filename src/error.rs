@@ -1,12 +1,9 @@
 //! The crate's one error type: a kind (which decides the HTTP status and the stable `code`) plus a message
 //! with context (stream name, template, element path).
 //!
-//! Every HTTP error body has one shape: `{"error": {"code": "...", "message": "..."}}`. Internal and pipeline
-//! failures (500) carry a generic message, the detail goes to the log; a reached limit (503) names the limit.
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+//! The kinds are what a client sees: the HTTP layer ([`crate::http`]) maps each to its status and writes the
+//! one error body shape, `{"error": {"code": "...", "message": "..."}}`, so the media path builds without any
+//! HTTP crate.
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -40,22 +37,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Kind::BadRequest => StatusCode::BAD_REQUEST,
-            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
-            Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::NotFound => StatusCode::NOT_FOUND,
-            Kind::Busy => StatusCode::CONFLICT,
-            Kind::BadOffset => StatusCode::RANGE_NOT_SATISFIABLE,
-            Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::BadGateway => StatusCode::BAD_GATEWAY,
-            Kind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// Stable machine-readable code for the JSON body.
     pub fn code(self) -> &'static str {
         match self {
@@ -147,74 +128,9 @@ impl From<gstreamer::StateChangeError> for Error {
     }
 }
 
-#[derive(Serialize)]
-pub struct ErrorBody<'a> {
-    pub error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-pub struct ErrorDetail<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.kind.status();
-        // Limits (503) say which limit; only genuine internal failures are hidden.
-        let message = if matches!(self.kind, Kind::Pipeline | Kind::Internal) {
-            tracing::error!(code = self.kind.code(), "internal error: {}", self.message);
-            "internal error, see the server log"
-        } else {
-            &self.message
-        };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.kind.code(),
-                message,
-            },
-        };
-        (status, axum::Json(body)).into_response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The status and JSON body an error answers with.
-    async fn answer(e: Error) -> (StatusCode, serde_json::Value) {
-        let resp = e.into_response();
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&body).unwrap())
-    }
-
-    #[tokio::test]
-    async fn server_errors_hide_details() {
-        let (status, v) = answer(Error::pipeline("element /pipeline0/vp8enc0 exploded")).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(v["error"]["code"], "pipeline_error");
-        assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
-    }
-
-    #[tokio::test]
-    async fn limit_errors_name_the_limit() {
-        let (status, v) = answer(Error::unavailable(
-            "the client limit (--max-clients 2) is reached",
-        ))
-        .await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(v["error"]["code"], "limit_reached");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("--max-clients 2")
-        );
-    }
 
     #[test]
     fn printable_escapes_control_characters_only() {
@@ -222,13 +138,5 @@ mod tests {
             printable("a\r\nFORGED é\u{1b}[2J"),
             "a\\r\\nFORGED é\\u{1b}[2J"
         );
-    }
-
-    #[tokio::test]
-    async fn client_errors_keep_message() {
-        let (status, v) = answer(Error::unsupported("not a media file")).await;
-        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(v["error"]["code"], "unsupported_media");
-        assert_eq!(v["error"]["message"], "not a media file");
     }
 }

@@ -8,40 +8,32 @@
 //! request head itself (`sniff`), serves a plain `GET /live/{name}` with [`progressive::serve_raw`], and hands
 //! everything else to hyper with the bytes it read replayed (`Prefixed`).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::control::app::AppState;
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::output::progressive;
 use crate::source::push;
+use crate::state::{AppState, ConnInfo};
 
 /// A request head must arrive within this, so idle or slowloris connections do not pile up.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer cap per connection; also the largest request head (larger → 431).
 pub const MAX_HEAD_BYTES: usize = 16 << 10;
-
-/// Per-connection facts for handlers.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// Cancelling it closes the connection.
-    pub kill: CancellationToken,
-}
 
 /// Every (method, path) the router serves, in the OpenAPI spec's path syntax. The tests hold this list
 /// against `api-docs/openapi.yaml` and against the router itself, so a route cannot go undocumented.
@@ -371,5 +363,103 @@ impl AsyncWrite for Prefixed {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors as HTTP answers. Internal and pipeline failures (500) carry a generic message, the detail goes to the
+// log; a reached limit (503) names the limit.
+
+/// The HTTP status of an error kind.
+pub fn status(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::BadRequest => StatusCode::BAD_REQUEST,
+        Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Busy => StatusCode::CONFLICT,
+        Kind::BadOffset => StatusCode::RANGE_NOT_SATISFIABLE,
+        Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::BadGateway => StatusCode::BAD_GATEWAY,
+        Kind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorDetail<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        // Limits (503) say which limit; only genuine internal failures are hidden.
+        let message = if matches!(self.kind, Kind::Pipeline | Kind::Internal) {
+            tracing::error!(code = self.kind.code(), "internal error: {}", self.message);
+            "internal error, see the server log"
+        } else {
+            &self.message
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.kind.code(),
+                message,
+            },
+        };
+        (status(self.kind), axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status and JSON body an error answers with.
+    async fn answer(e: Error) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_details() {
+        let (status, v) = answer(Error::pipeline("element /pipeline0/vp8enc0 exploded")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v["error"]["code"], "pipeline_error");
+        assert!(!v["error"]["message"].as_str().unwrap().contains("vp8enc"));
+    }
+
+    #[tokio::test]
+    async fn limit_errors_name_the_limit() {
+        let (status, v) = answer(Error::unavailable(
+            "the client limit (--max-clients 2) is reached",
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v["error"]["code"], "limit_reached");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--max-clients 2")
+        );
+    }
+
+    #[tokio::test]
+    async fn client_errors_keep_message() {
+        let (status, v) = answer(Error::unsupported("not a media file")).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(v["error"]["code"], "unsupported_media");
+        assert_eq!(v["error"]["message"], "not a media file");
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! # Layout
 //! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside. Config,
-//! error kinds and templates sit at the bottom: everything may use them, they use nothing above.
+//! error kinds and templates sit at the bottom: everything may use them, they use nothing above. No two
+//! modules import each other, directly or round a circle: bottom ← `stream` ← `control::{auth, tokens}`,
+//! `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::pull`, `output::progressive`,
+//! `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`.
 //!
 //! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,
 //!   continuation pieces, the push summary); `source::pull` reads a URL instead (`--pull`, the API, an edge's
-//!   on-demand pulls of its origin), with retries and backoff; the source task typefinds (`source::detect`) and
+//!   on-demand pulls of its origin), with retries and backoff, and `source::pulls` is what is pulled and how it
+//!   is doing; the source task typefinds (`source::detect`) and
 //!   owns `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps.
 //! - [`stream`]: a stream's life (state, the switch between sources and the fallback, linger, end);
 //!   `stream::output` its own pipeline (per-track appsrc → encoder or passthrough → writer, RTP tap);
@@ -20,12 +24,15 @@
 //!   the name's pull and checks viewer keys with the origin) and `output::fanout`
 //!   (one pool of threads for the process, writing to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the stream's encoded
 //!   tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime, SDP).
-//! - [`control`]: `control::app` (shared state, startup, the stream factory), `control::api` (`/api/v1`,
+//! - [`state`]: what every handler shares (`AppState`: config, registry, limits, tokens, pulls; the stream
+//!   factory) and what the accept loop tells a handler of its connection (`ConnInfo`).
+//! - [`control`]: `control::app` (startup, the server task, shutdown), `control::api` (`/api/v1`,
 //!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web`.
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
-//!   connection whose first request is a watch skips hyper).
-//! - [`config`]: the command line, every limit with its default, values the templates are filled with.
-//! - [`error`]: the one error type; kind → HTTP status and the JSON error body.
+//!   connection whose first request is a watch skips hyper); error kind → HTTP status and the JSON error body.
+//! - [`config`]: the command line, every limit with its default, values the templates are filled with; the
+//!   rules every layer checks against (address masks, stream names, RTP targets).
+//! - [`error`]: the one error type and its kinds (no HTTP: the media path builds without axum).
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.
 
@@ -36,6 +43,7 @@ pub mod http;
 pub mod launchline;
 pub mod output;
 pub mod source;
+pub mod state;
 pub mod stream;
 pub mod templates;
 
@@ -75,7 +83,7 @@ pub mod fuzzing {
             assert!(!text.is_empty() && text.len() <= crate::stream::registry::NAME_MAX_LEN);
             assert!(!text.contains(['/', '%', '\r', '\n']));
         }
-        let _ = crate::control::auth::parse_mask(text);
+        let _ = crate::config::parse_mask(text);
         if crate::config::check_url(text).is_ok() {
             assert!(!text.contains(char::is_control));
         }

@@ -1,4 +1,4 @@
-//! The daemon: shared state, startup checks, and the server task.
+//! The daemon: startup checks, the server task, and shutdown. The state it shares is [`crate::state`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,90 +11,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::auth::FailureLog;
-use crate::control::tokens::{Session, TokenStore};
+use crate::control::tokens::TokenStore;
 use crate::error::{Error, Result};
 use crate::source::pull::{Pull, PullKind};
-use crate::stream::hub::{Hub, HubConfig};
-use crate::stream::output::{Output, OutputContext};
+pub use crate::state::AppState;
 use crate::stream::registry::Registry;
-use crate::stream::{Stream, StreamSettings};
 use crate::templates::Templates;
-
-/// What every handler shares.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub templates: Arc<Templates>,
-    pub registry: Arc<Registry>,
-    /// Free transcode slots (`--max-transcodes`).
-    pub transcodes: Arc<Semaphore>,
-    /// Free client slots (`--max-clients`).
-    pub clients: Arc<Semaphore>,
-    pub shutdown: CancellationToken,
-    /// Token server sessions (persisted under `--state-dir`).
-    pub tokens: TokenStore,
-    pub auth_failures: FailureLog,
-    /// Every connection, stream and source task, so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// Cancelled last on shutdown: closes connections still open after the streams have ended.
-    pub connections: CancellationToken,
-    /// Set once at startup (the registry's collector needs the state's address).
-    pub metrics: std::sync::OnceLock<prometheus_client::registry::Registry>,
-    /// Declared pulls (`--pull`, the API) and an edge's on-demand pulls.
-    pub pulls: crate::source::pull::Pulls,
-    /// An edge's recent answers from its origin on whether a viewer key may watch a stream.
-    pub view_checks: crate::output::progressive::ViewChecks,
-}
-
-impl AppState {
-    /// A new stream for `name` (not yet registered), with its hub and empty output pipeline; the session
-    /// pushing it, if any, adds its RTP targets; `linger` overrides `--linger`.
-    pub fn new_stream(
-        &self,
-        name: &str,
-        session: Option<&Session>,
-        linger: Option<std::time::Duration>,
-    ) -> Result<Arc<Stream>> {
-        let cfg = &self.config;
-        let hub = Hub::new(
-            name,
-            HubConfig {
-                join: cfg.join,
-                max_lag: cfg.max_lag,
-                max_gop_bytes: cfg.max_gop_bytes,
-                coalesce: cfg.coalesce,
-            },
-        );
-        let rtp_targets = crate::stream::rtp::merge_targets(
-            &cfg.rtp_targets,
-            session
-                .iter()
-                .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
-        );
-        let output = Output::new(
-            name,
-            OutputContext {
-                templates: self.templates.clone(),
-                transcodes: self.transcodes.clone(),
-                pace: cfg.pace,
-                rtp_targets,
-                muxer: cfg.muxer,
-            },
-            hub.clone(),
-        )?;
-        Ok(Stream::new(
-            name,
-            hub,
-            output,
-            StreamSettings {
-                fallback: cfg.fallback.clone(),
-                linger: linger.unwrap_or(cfg.linger),
-                encode: cfg.encode.clone(),
-            },
-            self.shutdown.child_token(),
-        ))
-    }
-}
 
 /// A started daemon.
 #[derive(Debug)]
@@ -142,7 +64,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let _ = state.metrics.set(crate::control::metrics::registry(&state));
     for p in &state.config.pulls {
         let pull = Pull::new(&p.name, vec![p.url.clone()], PullKind::Relay, false);
-        state.pulls.add(&state, pull)?;
+        crate::source::pull::declare(&state, pull)?;
     }
     let router = crate::http::router(state.clone());
     let task = tokio::spawn(crate::http::serve(

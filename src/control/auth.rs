@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+
+use crate::config::allowed;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
@@ -13,26 +15,6 @@ use sha2::{Digest, Sha256};
 /// client cannot flood the log.
 const FAIL_LOG_BURST: u32 = 10;
 const FAIL_LOG_WINDOW: Duration = Duration::from_secs(10);
-
-/// Parses `CIDR` or a bare address (a /32 or /128).
-pub fn parse_mask(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("'{s}' is not an address or CIDR mask"))
-}
-
-pub fn loopback_masks() -> Vec<IpNet> {
-    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
-}
-
-/// Whether `ip` falls in any of `masks` (IPv4-mapped IPv6 addresses count as IPv4).
-pub fn allowed(masks: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    masks.iter().any(|m| m.contains(&ip))
-}
 
 /// The caller's address: the peer, or — when the peer is a trusted proxy — the right-most address in
 /// `X-Forwarded-For` that is not itself a trusted proxy (left-most entries are client-supplied and forgeable).
@@ -137,6 +119,7 @@ impl FailureLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_mask;
 
     #[test]
     fn masks_cover_v4_v6_and_mapped_addresses() {

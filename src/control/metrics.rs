@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::control::app::AppState;
+use crate::state::AppState;
 use crate::stream::Mode;
 
 #[derive(Debug)]

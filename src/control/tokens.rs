@@ -134,7 +134,7 @@ pub fn parse_state(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Session
     }
     let mut sessions = BTreeMap::new();
     for s in state.sessions {
-        crate::stream::registry::validate_name(&s.session_id).map_err(|_| {
+        crate::config::validate_name(&s.session_id).map_err(|_| {
             Error::internal(format!(
                 "the token state file {} is corrupt (a session id that is not a stream name)",
                 path.display()

@@ -17,8 +17,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::control::api::dto::StreamInfo;
-use crate::control::app::AppState;
 use crate::error::{Error, Result};
+use crate::state::AppState;
 use crate::stream::registry as streams;
 
 const STYLE: &str = r#"

@@ -24,12 +24,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::app::AppState;
 use crate::control::auth;
 use crate::error::{Error, Kind, Result};
-use crate::http::ConnInfo;
 use crate::output::fanout::MAX_IOVECS;
 use crate::source::pull::{Pull, PullState, RELAY_AGENT_PREFIX};
+use crate::state::AppState;
+use crate::state::ConnInfo;
 use crate::stream::hub::{CHUNKED_END, SubscribeError, Subscription};
 use crate::stream::registry as streams;
 use crate::stream::webm::TrackKind;
@@ -102,7 +102,7 @@ async fn find_or_pull(
     if let Some(s) = app.registry.get(name) {
         return Ok(s);
     }
-    match app.pulls.want(app, name) {
+    match crate::source::pull::want(app, name) {
         Some(pull) => await_pull(app, name, &pull).await,
         None => Err(Error::not_found(format!("no live stream named '{name}'"))),
     }
@@ -156,7 +156,7 @@ async fn await_pull(
             ));
         }
         // Keeps an on-demand pull open while viewers wait for it.
-        app.pulls.want(app, name);
+        crate::source::pull::want(app, name);
         let _ = tokio::time::timeout(LOOK, status.changed()).await;
     }
 }
@@ -165,15 +165,6 @@ async fn await_pull(
 pub const VIEW_CHECK_TTL: Duration = Duration::from_secs(5);
 /// Answers kept at most (the cache is cleared when full).
 const VIEW_CHECK_MAX: usize = 10_000;
-
-/// (stream, SHA-256 of the viewer's key).
-type ViewKey = (String, Option<String>);
-
-/// An edge's recent answers from its origin: who may watch what, and since when it knows.
-#[derive(Debug, Default)]
-pub struct ViewChecks {
-    map: std::sync::Mutex<HashMap<ViewKey, (tokio::time::Instant, Result<()>)>>,
-}
 
 /// On an edge that relays with an origin key (so it can pull streams that need a view key), a viewer may
 /// watch only what its origin would let it watch: the edge asks (`HEAD ORIGIN/live/NAME?token=KEY`, without

@@ -15,6 +15,7 @@
 pub mod detect;
 pub mod pipeline;
 pub mod pull;
+pub mod pulls;
 pub mod push;
 
 use std::net::SocketAddr;

@@ -29,12 +29,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::control::app::AppState;
 use crate::control::auth;
 use crate::control::tokens::Session;
 use crate::error::{Error, Kind, Result};
-use crate::http::ConnInfo;
 use crate::source::SourceContext;
+use crate::state::AppState;
+use crate::state::ConnInfo;
 use crate::stream::attach::{End, Feed, Feeder};
 use crate::stream::registry;
 use crate::stream::{Mode, Stream};

@@ -14,22 +14,8 @@ use crate::error::{Error, Result};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Stream names: what fits a URL path segment and a GStreamer object name unescaped.
-pub const NAME_MAX_LEN: usize = 64;
-
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = (1..=NAME_MAX_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::bad_request(format!(
-            "invalid stream name: use 1 to {NAME_MAX_LEN} characters of A-Z, a-z, 0-9, '_' and '-'"
-        )))
-    }
-}
+/// The name rule lives with the configuration (the command line and the token store check it too).
+pub use crate::config::{NAME_MAX_LEN, validate_name};
 
 /// How often stream rates are sampled.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);

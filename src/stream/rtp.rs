@@ -52,23 +52,6 @@ pub fn merge_targets(
     out
 }
 
-/// Checks a target list: literal IP, base port leaving room for P+3.
-pub fn validate_targets(targets: &[SocketAddr], allow: &[ipnet::IpNet]) -> Result<()> {
-    for t in targets {
-        if t.port() == 0 || t.port() > u16::MAX - 3 {
-            return Err(Error::bad_request(format!(
-                "RTP target {t}: the port must be 1..65532 (P to P+3 are used)"
-            )));
-        }
-        if !crate::control::auth::allowed(allow, t.ip()) {
-            return Err(Error::forbidden(format!(
-                "RTP target {t} is outside --rtp-allow; the daemon only sends UDP where it is allowed to"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[derive(Debug)]
 struct Session {
     index: u32,
@@ -349,10 +332,11 @@ mod tests {
 
     #[test]
     fn targets_must_be_allowed_and_leave_room_for_four_ports() {
-        let allow = crate::control::auth::loopback_masks();
-        assert!(validate_targets(&["127.0.0.1:5000".parse().unwrap()], &allow).is_ok());
-        let e = validate_targets(&["10.0.0.1:5000".parse().unwrap()], &allow).unwrap_err();
+        use crate::config::{check_rtp_targets, loopback_masks};
+        let allow = loopback_masks();
+        assert!(check_rtp_targets(&["127.0.0.1:5000".parse().unwrap()], &allow).is_ok());
+        let e = check_rtp_targets(&["10.0.0.1:5000".parse().unwrap()], &allow).unwrap_err();
         assert_eq!(e.kind, crate::error::Kind::Forbidden);
-        assert!(validate_targets(&["127.0.0.1:65534".parse().unwrap()], &allow).is_err());
+        assert!(check_rtp_targets(&["127.0.0.1:65534".parse().unwrap()], &allow).is_err());
     }
 }

@@ -35,7 +35,7 @@ pub fn init() {
 /// A daemon in this process, stopped on drop.
 pub struct Server {
     pub addr: SocketAddr,
-    pub state: Arc<transcast::control::app::AppState>,
+    pub state: Arc<transcast::state::AppState>,
     shutdown: CancellationToken,
     /// The state directory, unless the caller chose one.
     _state_dir: Option<tempfile::TempDir>,

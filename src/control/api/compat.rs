@@ -22,9 +22,9 @@ use axum::{Json, Router};
 use time::OffsetDateTime;
 
 use super::dto::{CompatOk, CompatStream, CompatToken};
-use crate::control::app::AppState;
 use crate::control::tokens::{Origin, Outputs, Session};
 use crate::error::{Error, Result};
+use crate::state::AppState;
 use crate::stream::registry as streams;
 
 pub fn router() -> Router<Arc<AppState>> {

@@ -19,12 +19,12 @@ use axum::{Json, Router};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::control::app::AppState;
 use crate::control::auth;
 use crate::control::tokens::{self, Origin, Outputs, Session};
 use crate::error::{Error, Result};
-use crate::http::ConnInfo;
 use crate::source::pull::{Pull, PullKind};
+use crate::state::AppState;
+use crate::state::ConnInfo;
 use crate::stream::Stream;
 use crate::stream::registry as streams;
 use dto::*;
@@ -65,7 +65,7 @@ async fn require_control_caller(
         return Error::forbidden("caller address unknown").into_response();
     };
     let ip = auth::client_ip(conn.peer, req.headers(), &app.config.trusted_proxy);
-    if !auth::allowed(app.config.control_masks(), ip) {
+    if !crate::config::allowed(app.config.control_masks(), ip) {
         tracing::warn!(%ip, path = %req.uri().path(), "control API call from outside the allowed masks");
         return Error::forbidden(format!("{ip} may not use the control API")).into_response();
     }
@@ -286,7 +286,7 @@ fn create_pull(app: &Arc<AppState>, req: &NewStream, url: &str) -> Result<Respon
             format!("stream '{}' exists already", req.name),
         ));
     }
-    let pull = app.pulls.add(
+    let pull = crate::source::pull::declare(
         app,
         Pull::new(
             &req.name,
@@ -359,7 +359,7 @@ pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::
         .iter()
         .map(|t| crate::stream::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
-    crate::stream::rtp::validate_targets(&parsed, &app.config.rtp_allow)?;
+    crate::config::check_rtp_targets(&parsed, &app.config.rtp_allow)?;
     Ok(parsed)
 }
 
@@ -435,7 +435,7 @@ async fn stream_sdp(
             .ok_or_else(|| Error::not_found(format!("stream '{name}' has no RTP targets")))?,
     };
     // Like the RTP routes: nothing is described for a target the daemon may not send to.
-    crate::stream::rtp::validate_targets(&[target], &app.config.rtp_allow)?;
+    crate::config::check_rtp_targets(&[target], &app.config.rtp_allow)?;
     let sdp = shared.rtp().sdp(&name, target)?;
     Ok((
         [(
