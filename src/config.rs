@@ -266,6 +266,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     pub coalesce_ms: u64,
 
+    /// Target length of a stream's DASH segments (`/live/{name}/manifest.mpd`), seconds: a segment ends at the
+    /// first video keyframe this long after its start (a passthrough source's keyframes decide; audio-only
+    /// streams are cut by time).
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub segment_seconds: f64,
+
+    /// `Access-Control-Allow-Origin` of media answers (the live stream, DASH manifests and segments): `*` lets
+    /// players on any site use them.
+    #[arg(long, default_value = "*", value_name = "ORIGIN")]
+    pub cors_origin: String,
+
+    /// DASH segments listed in a stream's manifest (older ones answer 404).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=600))]
+    pub segment_window: u32,
+
     /// Kernel send buffer (SO_SNDBUF) of each accepted connection, bytes; 0 keeps the system default.
     /// Bounds the socket memory a client that stops reading can pin.
     #[arg(long, default_value_t = 0)]
@@ -356,6 +371,8 @@ pub struct Config {
     pub max_gop_bytes: usize,
     pub send_buffer: usize,
     pub coalesce: Duration,
+    pub segments: crate::stream::segments::SegmentConfig,
+    pub cors_origin: String,
     pub muxer: Muxer,
     pub fallback: Fallback,
     pub linger: Duration,
@@ -508,6 +525,20 @@ impl Config {
             max_gop_bytes: a.max_gop_bytes,
             send_buffer: a.send_buffer,
             coalesce: Duration::from_millis(a.coalesce_ms.min(1000)),
+            cors_origin: if !a.cors_origin.is_empty()
+                && a.cors_origin.bytes().all(|b| (0x20..0x7f).contains(&b))
+            {
+                a.cors_origin.clone()
+            } else {
+                return Err(format!(
+                    "--cors-origin must be `*` or an origin (printable ASCII), got {:?}",
+                    a.cors_origin
+                ));
+            },
+            segments: crate::stream::segments::SegmentConfig {
+                target: secs("segment-seconds", a.segment_seconds)?,
+                window: a.segment_window as usize,
+            },
             muxer: a.muxer,
             fallback: a.fallback,
             linger: secs("linger", a.linger)?,

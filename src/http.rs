@@ -39,6 +39,9 @@ pub const MAX_HEAD_BYTES: usize = 16 << 10;
 /// against `api-docs/openapi.yaml` and against the router itself, so a route cannot go undocumented.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/live/{name}"),
+    ("get", "/live/{name}/manifest.mpd"),
+    ("get", "/live/{name}/{instance}/{rep}/{file}"),
+    ("get", "/time"),
     ("head", "/live/{name}"),
     ("put", "/live/{name}"),
     ("post", "/live/{name}"),
@@ -75,6 +78,15 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(push::push)
                 .post(push::push),
         )
+        .route(
+            "/live/{name}/manifest.mpd",
+            get(crate::output::dash::manifest),
+        )
+        .route(
+            "/live/{name}/{instance}/{rep}/{file}",
+            get(crate::output::dash::media),
+        )
+        .route("/time", get(crate::output::dash::time))
         .route("/", get(crate::control::web::status))
         .route("/watch/{name}", get(crate::control::web::watch_page))
         .route("/metrics", get(crate::control::metrics::scrape))

@@ -65,6 +65,7 @@ impl AppState {
                 max_lag: cfg.max_lag,
                 max_gop_bytes: cfg.max_gop_bytes,
                 coalesce: cfg.coalesce,
+                segments: cfg.segments,
             },
         );
         let rtp_targets = crate::stream::rtp::merge_targets(

@@ -44,6 +44,8 @@ pub struct Admitted {
     pub sub: Subscription,
     pub permit: OwnedSemaphorePermit,
     pub content_type: &'static str,
+    /// `Access-Control-Allow-Origin` (`--cors-origin`).
+    pub cors_origin: String,
 }
 
 /// Everything a watch request is checked for, shared by the raw fast path ([`serve_raw`]) and the axum handler:
@@ -84,6 +86,7 @@ pub async fn admit(
         sub,
         permit,
         content_type,
+        cors_origin: app.config.cors_origin.clone(),
     })
 }
 
@@ -251,8 +254,9 @@ fn check(
     authorize_view(app, name, headers, token, peer)
 }
 
-/// The stream a HEAD names, after the name and view checks: what is here now (a HEAD starts no pull).
-fn find(
+/// The stream a HEAD (or a DASH request) names, after the name and view checks: what is here now (it starts
+/// no pull).
+pub(crate) fn find(
     app: &AppState,
     name: &str,
     token: Option<&str>,
@@ -292,23 +296,25 @@ fn head(
     } else {
         "audio/webm"
     };
-    Ok(watch_response(content_type))
+    Ok(watch_response(content_type, &app.config.cors_origin))
 }
 
-fn watch_response(content_type: &'static str) -> Response {
+fn watch_response(content_type: &'static str, cors_origin: &str) -> Response {
     let mut response = Response::new(Body::empty());
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     for (k, v) in WATCH_HEADERS {
         h.insert(k, HeaderValue::from_static(v));
     }
+    if let Ok(v) = HeaderValue::from_str(cors_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
     response
 }
 
 /// Response headers of a watch, after the content type.
-const WATCH_HEADERS: [(&str, &str); 3] = [
+const WATCH_HEADERS: [(&str, &str); 2] = [
     ("cache-control", "no-cache, no-store"),
-    ("access-control-allow-origin", "*"),
     ("x-content-type-options", "nosniff"),
 ];
 
@@ -333,6 +339,7 @@ pub async fn watch(
         mut sub,
         permit,
         content_type,
+        cors_origin,
     } = admit(
         &app,
         &name,
@@ -342,7 +349,7 @@ pub async fn watch(
         kill,
     )
     .await?;
-    let mut response = watch_response(content_type);
+    let mut response = watch_response(content_type, &cors_origin);
     if is_relay(&headers) {
         // Relays come this way (the accept loop leaves them to hyper): their response is chunked, so an edge
         // can tell the stream's end (the terminator) from a broken connection.
@@ -398,6 +405,7 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
         mut sub,
         permit,
         content_type,
+        cors_origin,
     } = admitted;
     let kill = sub.kill_token().clone();
     let peer = socket.peer_addr().ok();
@@ -410,6 +418,8 @@ pub async fn serve_raw(socket: TcpStream, admitted: Admitted, name: &str) {
     for (k, v) in WATCH_HEADERS {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    // Checked at startup to be a header value (no CR or LF).
+    head.push_str(&format!("access-control-allow-origin: {cors_origin}\r\n"));
     head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     let mut queue = VecDeque::with_capacity(QUEUE_CAPACITY);
     queue.push_back(Bytes::from(head));

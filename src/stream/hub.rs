@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
+use crate::stream::segments::{SegmentConfig, Segments};
 use crate::stream::webm::{self, Chunk, TrackInfo, TrackKind};
 
 /// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
@@ -56,6 +57,7 @@ pub struct HubConfig {
     pub max_gop_bytes: usize,
     /// Write-coalescing window: readers are woken at most once per window (zero: on every chunk).
     pub coalesce: Duration,
+    pub segments: SegmentConfig,
 }
 
 /// Counters read by the API and logs.
@@ -167,6 +169,8 @@ pub struct Hub {
     /// Caught-up raw watchers, written directly by the fan-out threads (`output::fanout`).
     shards: Vec<Shard>,
     pub stats: HubStats,
+    /// The stream's DASH segments, cut from what is published here.
+    pub segments: Segments,
 }
 
 #[derive(Debug)]
@@ -244,6 +248,7 @@ pub struct Snapshot {
 
 impl Hub {
     pub fn new(name: &str, cfg: HubConfig) -> Arc<Hub> {
+        let segments = Segments::new(cfg.segments);
         Arc::new(Hub {
             name: name.to_string(),
             cfg,
@@ -256,6 +261,7 @@ impl Hub {
             epoch: Instant::now(),
             shards: (0..shard_count()).map(|_| Shard::default()).collect(),
             stats: HubStats::default(),
+            segments,
         })
     }
 
@@ -441,6 +447,7 @@ impl Hub {
 
     /// Marks the end of the stream: readers get what is left, then a clean end of their response.
     pub fn finish(&self) {
+        self.segments.finish();
         self.inner.lock().unwrap().ended = true;
         self.head_tx.send_replace(());
     }
@@ -594,8 +601,14 @@ impl Publisher {
     pub fn push(&mut self, data: &[u8]) -> Result<(), webm::ScanError> {
         let hub = &self.hub;
         self.scanner.push(data, |ev| match ev {
-            webm::Event::Header { data, tracks } => hub.publish_header(data, tracks),
-            webm::Event::Chunk(c) => hub.publish_chunk(c),
+            webm::Event::Header { data, tracks } => {
+                hub.segments.on_header(&data, &tracks);
+                hub.publish_header(data, tracks)
+            }
+            webm::Event::Chunk(c) => {
+                hub.segments.on_chunk(&c);
+                hub.publish_chunk(c)
+            }
         })
     }
 }
@@ -874,6 +887,11 @@ mod tests {
     use super::*;
     use crate::stream::webm::build::*;
 
+    const TEST_SEGMENTS: SegmentConfig = SegmentConfig {
+        target: Duration::from_secs(2),
+        window: 10,
+    };
+
     fn hub(join: JoinMode, max_lag_ms: u64) -> Arc<Hub> {
         Hub::new(
             "t",
@@ -882,6 +900,7 @@ mod tests {
                 max_lag: Duration::from_millis(max_lag_ms),
                 max_gop_bytes: 1 << 20,
                 coalesce: Duration::ZERO,
+                segments: TEST_SEGMENTS,
             },
         )
     }
@@ -1109,6 +1128,7 @@ mod tests {
                 max_lag: Duration::from_secs(5),
                 max_gop_bytes: 30,
                 coalesce: Duration::ZERO,
+                segments: TEST_SEGMENTS,
             },
         );
         let mut p = Publisher::new(h.clone());
@@ -1133,6 +1153,7 @@ mod tests {
                 max_lag: Duration::from_secs(5),
                 max_gop_bytes: 1 << 20,
                 coalesce: Duration::from_millis(40),
+                segments: TEST_SEGMENTS,
             },
         );
         tokio::spawn(h.clone().run_coalescer());

@@ -29,6 +29,7 @@ pub mod output;
 pub mod pacing;
 pub mod registry;
 pub mod rtp;
+pub mod segments;
 pub mod slate;
 pub mod webm;
 pub mod writer;

@@ -704,6 +704,10 @@ mod tests {
                 max_lag: std::time::Duration::from_secs(1),
                 max_gop_bytes: 1 << 20,
                 coalesce: std::time::Duration::ZERO,
+                segments: crate::stream::segments::SegmentConfig {
+                    target: std::time::Duration::from_secs(2),
+                    window: 10,
+                },
             },
         );
         let templates = Templates::load(None, &crate::config::EncodeSettings::default()).unwrap();

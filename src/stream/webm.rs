@@ -74,6 +74,19 @@ pub struct TrackInfo {
     pub channels: Option<u64>,
 }
 
+impl TrackInfo {
+    /// The codec as the API, manifests and browsers name it: `vp8`, `vp9`, `vorbis`, `opus`.
+    pub fn codec_name(&self) -> String {
+        match self.codec.as_str() {
+            "V_VP8" => "vp8".into(),
+            "V_VP9" => "vp9".into(),
+            "A_VORBIS" => "vorbis".into(),
+            "A_OPUS" => "opus".into(),
+            other => other.to_ascii_lowercase(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockInfo {
     pub track: u64,
@@ -88,6 +101,10 @@ pub struct Chunk {
     /// The chunk begins with a Cluster element header.
     pub cluster_start: bool,
     pub block: BlockInfo,
+    /// Where in `data` the block's frame is (what follows its flags byte; lace headers included).
+    pub frame: std::ops::Range<usize>,
+    /// The block's flags as a SimpleBlock's (keyframe bit set for a BlockGroup's unreferenced Block).
+    pub flags: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,15 +264,15 @@ impl Scanner {
                         self.cluster_timecode = read_uint(payload);
                     }
                     ID_SIMPLE_BLOCK => {
-                        block = parse_block(payload, true);
+                        block = parse_block(payload, true).zip(block_frame(payload, true));
                     }
                     ID_BLOCK_GROUP => {
-                        block = parse_block_group(payload);
+                        block = parse_block_group(payload).zip(block_frame(payload, false));
                     }
                     _ => {}
                 }
                 self.pos += total;
-                let Some((track, rel, keyframe)) = block else {
+                let Some(((track, rel, keyframe), (frame, flags))) = block else {
                     return Ok(Some(None));
                 };
                 if !self.header_sent {
@@ -265,7 +282,11 @@ impl Scanner {
                 let data = self.buf.split_to(self.pos).freeze();
                 self.base += data.len() as u64;
                 self.pos = 0;
+                // The block element is the chunk's last; its payload starts `head` bytes in.
+                let at = data.len() - total + head;
                 let chunk = Chunk {
+                    frame: at + frame.start..at + frame.end,
+                    flags: if keyframe { flags | 0x80 } else { flags & 0x7F },
                     data,
                     cluster_start: std::mem::take(&mut self.cluster_pending),
                     block: BlockInfo {
@@ -406,6 +427,55 @@ fn parse_block(p: &[u8], simple: bool) -> Option<(u64, i16, bool)> {
     Some((track, tc, !simple || flags & 0x80 != 0))
 }
 
+/// Where a block's frame is in its element's payload (a SimpleBlock's, or a BlockGroup's whose Block it finds),
+/// and the block's flags byte.
+fn block_frame(p: &[u8], simple: bool) -> Option<(std::ops::Range<usize>, u8)> {
+    let (at, block) = if simple {
+        (0, p)
+    } else {
+        let (_, b) = children(p).find(|(id, _)| *id == ID_BLOCK)?;
+        (b.as_ptr() as usize - p.as_ptr() as usize, b)
+    };
+    let (_, tl) = read_size(block)?;
+    let flags = *block.get(tl + 2)?;
+    Some((at + tl + 3..at + block.len(), flags))
+}
+
+/// The stream's header cut down to one track, as a DASH representation's initialisation segment: the EBML
+/// header, an unknown-size Segment, Info, and Tracks with only that track's entry (SeekHead, Tags, Void and
+/// the other tracks left out). None when the header has no such track.
+pub fn track_init(header: &[u8], track: u64) -> Option<Bytes> {
+    let (id, il) = read_id(header)?;
+    let (size, sl) = read_size(&header[il..])?;
+    if id != ID_EBML {
+        return None;
+    }
+    let ebml_end = il + sl + usize::try_from(size?).ok()?;
+    let mut out = header.get(..ebml_end)?.to_vec();
+    let rest = &header[ebml_end..];
+    let (id, il) = read_id(rest)?;
+    let (_, sl) = read_size(rest.get(il..)?)?;
+    if id != ID_SEGMENT {
+        return None;
+    }
+    out.extend(build::open(ID_SEGMENT));
+    let mut entry = None;
+    for (id, payload) in children(&rest[il + sl..]) {
+        match id {
+            ID_INFO => out.extend(build::element(ID_INFO, payload)),
+            ID_TRACKS => {
+                entry = children(payload)
+                    .filter(|(id, _)| *id == ID_TRACK_ENTRY)
+                    .find(|(_, e)| child_uint(e, ID_TRACK_NUMBER) == Some(track))
+                    .map(|(_, e)| build::element(ID_TRACKS, &build::element(ID_TRACK_ENTRY, e)));
+            }
+            _ => {}
+        }
+    }
+    out.extend(entry?);
+    Some(Bytes::from(out))
+}
+
 fn parse_block_group(p: &[u8]) -> Option<(u64, i16, bool)> {
     let mut block = None;
     let mut referenced = false;
@@ -419,7 +489,7 @@ fn parse_block_group(p: &[u8]) -> Option<(u64, i16, bool)> {
     block.map(|(t, tc, _)| (t, tc, !referenced))
 }
 
-/// Test and tooling helpers: builds EBML elements.
+/// Builds EBML elements (the DASH segments, tests and tools).
 pub mod build {
     /// Encodes an element with a known size.
     pub fn element(id: u32, payload: &[u8]) -> Vec<u8> {

@@ -331,6 +331,10 @@ mod tests {
                 max_lag: Duration::from_secs(5),
                 max_gop_bytes: 1 << 20,
                 coalesce: Duration::ZERO,
+                segments: crate::stream::segments::SegmentConfig {
+                    target: Duration::from_secs(2),
+                    window: 10,
+                },
             },
         );
         let reader = {

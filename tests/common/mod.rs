@@ -450,7 +450,7 @@ pub struct Demuxed {
     pub audio: Option<Track>,
 }
 
-fn write_temp(data: &[u8]) -> tempfile::NamedTempFile {
+pub fn write_temp(data: &[u8]) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), data).unwrap();
     f

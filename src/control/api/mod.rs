@@ -76,16 +76,6 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn codec_of_track(codec_id: &str) -> String {
-    match codec_id {
-        "V_VP8" => "vp8".into(),
-        "V_VP9" => "vp9".into(),
-        "A_VORBIS" => "vorbis".into(),
-        "A_OPUS" => "opus".into(),
-        other => other.to_ascii_lowercase(),
-    }
-}
-
 pub fn stream_info(e: &Stream) -> StreamInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let tracks = e.hub.tracks();
@@ -119,7 +109,7 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
             } else {
                 "audio/webm"
             }),
-            codecs: tracks.iter().map(|t| codec_of_track(&t.codec)).collect(),
+            codecs: tracks.iter().map(|t| t.codec_name()).collect(),
             width: video.and_then(|v| v.width),
             height: video.and_then(|v| v.height),
         },

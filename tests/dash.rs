@@ -1,0 +1,290 @@
+//! Live DASH: a pushed stream's manifest and segments, read as caches and players read them (reqwest for the
+//! headers, GStreamer and ffprobe for the media, ffmpeg's DASH reader as a player).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// A real-time-paced passthrough push of the 12 s clip, running in the background.
+fn start_push(server: &Server, name: &str) -> tokio::task::JoinHandle<PushResult> {
+    let (url, clip) = (server.url(name), long_clip("webm"));
+    tokio::spawn(async move { push(&url, clip, true).await })
+}
+
+/// The manifest once it lists at least `segments` segments.
+async fn manifest(
+    server: &Server,
+    name: &str,
+    segments: usize,
+) -> (reqwest::header::HeaderMap, String) {
+    let url = format!("http://{}/live/{name}/manifest.mpd", server.addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client().get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            let headers = r.headers().clone();
+            let text = r.text().await.unwrap();
+            if text.matches("<S ").count() >= 2 * segments {
+                return (headers, text);
+            }
+        } else {
+            assert_eq!(r.status(), 404);
+            assert_eq!(
+                r.headers()["cache-control"],
+                "no-cache",
+                "a 404 no cache keeps"
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no manifest with {segments} segments"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of the first `attr="…"` after `from` in `text`.
+fn attr<'a>(text: &'a str, from: &str, attr: &str) -> &'a str {
+    let at = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{from} in {text}"));
+    let rest = &text[at..];
+    let key = format!(" {attr}=\"");
+    let start = rest
+        .find(&key)
+        .unwrap_or_else(|| panic!("{attr} in {rest}"))
+        + key.len();
+    &rest[start..start + rest[start..].find('"').unwrap()]
+}
+
+/// The `<S t d>` of the adaptation set of `kind`.
+fn timeline(mpd: &str, kind: &str) -> Vec<(i64, i64)> {
+    let set = &mpd[mpd.find(&format!("contentType=\"{kind}\"")).unwrap()..];
+    let set = &set[..set.find("</AdaptationSet>").unwrap()];
+    set.split("<S ")
+        .skip(1)
+        .map(|s| {
+            let s = format!(" {s}");
+            (
+                attr(&s, " ", "t").parse().unwrap(),
+                attr(&s, " ", "d").parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Packets of a file, as ffprobe reads them: (pts in ms, keyframe) of the first stream.
+fn packets(data: &[u8]) -> Vec<(i64, bool)> {
+    let file = write_temp(data);
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=pts,flags",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pts, flags) = l.split_once(',')?;
+            Some((pts.parse().ok()?, flags.starts_with('K')))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_of_a_live_stream_decode_and_are_cacheable() {
+    let server = Server::start(|a| a.pace = true).await;
+    let push = start_push(&server, "cam");
+    let (headers, mpd) = manifest(&server, "cam", 2).await;
+    assert_eq!(headers["content-type"], "application/dash+xml");
+    assert_eq!(headers["cache-control"], "public, max-age=1");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert_eq!(attr(&mpd, "<MPD", "type"), "dynamic");
+    assert_eq!(
+        attr(&mpd, "<MPD", "profiles"),
+        "urn:mpeg:dash:profile:isoff-live:2011"
+    );
+    assert_eq!(attr(&mpd, "contentType=\"video\"", "codecs"), "vp8");
+    assert_eq!(attr(&mpd, "contentType=\"audio\"", "codecs"), "vorbis");
+    assert_eq!(attr(&mpd, "<Representation id=\"video\"", "width"), "320");
+    let video = timeline(&mpd, "video");
+    assert_eq!(
+        video,
+        timeline(&mpd, "audio"),
+        "one timeline for both tracks"
+    );
+    for w in video.windows(2) {
+        assert_eq!(w[0].0 + w[0].1, w[1].0, "segments follow each other");
+    }
+    // The clip has a keyframe every second: segments of the 2 s target.
+    assert!(
+        video.iter().all(|&(_, d)| (1900..=2100).contains(&d)),
+        "{video:?}"
+    );
+    let first: u64 = attr(&mpd, "<SegmentTemplate", "startNumber")
+        .parse()
+        .unwrap();
+    let init_tpl = attr(&mpd, "<SegmentTemplate", "initialization");
+    let media_tpl = attr(&mpd, "<SegmentTemplate", "media");
+    let base = format!("http://{}/live/cam/", server.addr);
+    for (rep, kind) in [("video", "video"), ("audio", "audio")] {
+        let init_url = format!("{base}{}", init_tpl.replace("$RepresentationID$", rep));
+        let init = client().get(&init_url).send().await.unwrap();
+        assert_eq!(init.status(), 200, "{init_url}");
+        assert_eq!(init.headers()["content-type"], format!("{kind}/webm"));
+        let init = init.bytes().await.unwrap();
+        for (i, &(t, d)) in video.iter().enumerate() {
+            let n = first + i as u64;
+            let url = format!(
+                "{base}{}",
+                media_tpl
+                    .replace("$RepresentationID$", rep)
+                    .replace("$Number$", &n.to_string())
+            );
+            let r = client().get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+            let cache = r.headers()["cache-control"].to_str().unwrap().to_string();
+            assert!(
+                cache.starts_with("public, max-age=") && cache.ends_with("immutable"),
+                "{cache}"
+            );
+            assert!(r.headers().contains_key("last-modified"));
+            let etag = r.headers()["etag"].clone();
+            let seg = r.bytes().await.unwrap();
+            let mut file = init.to_vec();
+            file.extend_from_slice(&seg);
+            let p = packets(&file);
+            assert!(!p.is_empty(), "{rep} {n}");
+            if rep == "video" {
+                assert_eq!(
+                    p[0],
+                    (t, true),
+                    "segment {n} starts at its time with a keyframe"
+                );
+                let d = decode(&file);
+                assert!(
+                    d.video_frames >= 55,
+                    "segment {n}: {} pictures",
+                    d.video_frames
+                );
+            } else {
+                assert!(
+                    p[0].0 >= t && p[0].0 < t + 50,
+                    "audio starts with its segment: {p:?}"
+                );
+                assert!(decode(&file).audio_ns > 1_500_000_000);
+            }
+            assert!(
+                p.iter().all(|&(pts, _)| pts >= t && pts < t + d),
+                "{rep} {n}: {p:?}"
+            );
+            if i == 0 {
+                // Validators and ranges, as a cache revalidates and a player resumes.
+                let again = client()
+                    .get(&url)
+                    .header("if-none-match", etag)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(again.status(), 304);
+                let part = client()
+                    .get(&url)
+                    .header("range", "bytes=10-109")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(part.status(), 206);
+                assert_eq!(
+                    part.headers()["content-range"],
+                    format!("bytes 10-109/{}", seg.len()).as_str()
+                );
+                assert_eq!(part.bytes().await.unwrap(), seg.slice(10..110));
+            }
+        }
+    }
+    // Not kept, not made yet, another instance, another representation: 404s no cache keeps.
+    let inst = init_tpl.split('/').next().unwrap();
+    for path in [
+        format!("{inst}/video/{}.webm", first + 1000),
+        format!("0{inst}/video/{first}.webm"),
+        format!("{inst}/subtitles/{first}.webm"),
+        format!("{inst}/video/x.webm"),
+    ] {
+        let r = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+    }
+    let time = client()
+        .get(format!("http://{}/time", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(time.headers()["cache-control"], "no-store");
+    let t = time.text().await.unwrap();
+    assert!(t.len() == 24 && t.ends_with('Z'), "{t}");
+    assert_eq!(push.await.unwrap().status, 200);
+}
+
+/// ffmpeg's DASH reader plays the live manifest as a player does (`-re`: live, one segment after another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_the_live_manifest() {
+    let server = Server::start(|a| a.pace = true).await;
+    let push = start_push(&server, "live");
+    manifest(&server, "live", 2).await;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-stats",
+            "-re",
+            "-rw_timeout",
+            "5000000",
+            "-i",
+        ])
+        .arg(format!("http://{}/live/live/manifest.mpd", server.addr))
+        .args(["-t", "3", "-f", "null", "-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg runs");
+    let mut stderr = ffmpeg.stderr.take().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), ffmpeg.wait()).await;
+    // A live DASH reader whose server is gone can loop forever: killed, not asked.
+    let status = match status {
+        Ok(s) => s.unwrap(),
+        Err(_) => {
+            let _ = ffmpeg.start_kill();
+            panic!("ffmpeg did not finish within 30 s");
+        }
+    };
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log)
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
+    let frames: u64 = log
+        .rsplit("frame=")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(frames >= 80, "ffmpeg decoded {frames} frames in 3 s: {log}");
+    assert!(!log.contains("Error") && !log.contains("Failed"), "{log}");
+    assert_eq!(push.await.unwrap().status, 200);
+}
