@@ -16,6 +16,8 @@ TEST_PACKAGES=(
   python3
   python3-gi
   gir1.2-gst-rtsp-server-1.0
+  # A cache in front of the DASH segments (tests/dash.rs runs scripts/nginx-cache.conf).
+  nginx
   # Real browsers for tests/browsers.rs, driven over WebDriver.
   firefox-esr
   chromium

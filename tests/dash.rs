@@ -288,3 +288,173 @@ async fn ffmpeg_plays_the_live_manifest() {
     assert!(!log.contains("Error") && !log.contains("Failed"), "{log}");
     assert_eq!(push.await.unwrap().status, 200);
 }
+
+/// nginx in the foreground, in a process group of its own: dropping this kills the master and its workers
+/// (killing only the master would leave the workers serving, and holding the test's output open).
+struct Nginx(std::process::Child);
+
+impl Nginx {
+    fn start(bin: &str, dir: &std::path::Path) -> Nginx {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(dir.join("error.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(format!("{}/", dir.display()))
+            .args(["-e", "stderr", "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("nginx starts");
+        Nginx(child)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound and let go: nginx takes it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What one player behind the cache did: (segments fetched, of which the cache answered, the (rep, n) it saw).
+async fn player(base: String, until: tokio::time::Instant) -> (u64, u64, Vec<(String, u64)>) {
+    let (mut fetched, mut hits, mut seen) = (0, 0, Vec::new());
+    let mut inits_done = false;
+    while tokio::time::Instant::now() < until {
+        let Ok(r) = client().get(format!("{base}manifest.mpd")).send().await else {
+            continue;
+        };
+        let mpd = r.text().await.unwrap_or_default();
+        if !mpd.contains("<SegmentTemplate") {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let first: u64 = attr(&mpd, "<SegmentTemplate", "startNumber")
+            .parse()
+            .unwrap();
+        let count = timeline(&mpd, "video").len() as u64;
+        let media = attr(&mpd, "<SegmentTemplate", "media").to_string();
+        let init = attr(&mpd, "<SegmentTemplate", "initialization").to_string();
+        for rep in ["video", "audio"] {
+            if !inits_done {
+                let r = client()
+                    .get(format!("{base}{}", init.replace("$RepresentationID$", rep)))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+            // A player starts near the live edge and then fetches each new segment once.
+            for n in (first + count.saturating_sub(2))..first + count {
+                if seen.contains(&(rep.to_string(), n)) {
+                    continue;
+                }
+                let url = format!(
+                    "{base}{}",
+                    media
+                        .replace("$RepresentationID$", rep)
+                        .replace("$Number$", &n.to_string())
+                );
+                let r = client().get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{url}");
+                fetched += 1;
+                if r.headers()
+                    .get("x-cache-status")
+                    .is_some_and(|v| v == "HIT")
+                {
+                    hits += 1;
+                }
+                r.bytes().await.unwrap();
+                seen.push((rep.to_string(), n));
+            }
+        }
+        inits_done = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    (fetched, hits, seen)
+}
+
+/// Behind nginx (Debian's, with `scripts/nginx-cache.conf` as it is shipped), 20 players watching for 8 s make
+/// transcast serve each segment about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_each_segment_leaves_transcast_about_once() {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is installed (scripts/test.sh installs it)");
+    let server = Server::start(|a| a.pace = true).await;
+    let push = start_push(&server, "cached");
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["tmp", "cache"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let port = free_port();
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/nginx-cache.conf"
+    ))
+    .unwrap()
+    .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+    .replace("@ORIGIN@", &server.addr.to_string());
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let _nginx = Nginx::start(nginx, dir.path());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nginx does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    manifest(&server, "cached", 1).await;
+    let base = format!("http://127.0.0.1:{port}/live/cached/");
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    let players: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(player(base.clone(), until)))
+        .collect();
+    let (mut fetched, mut hits) = (0, 0);
+    let mut distinct = std::collections::BTreeSet::new();
+    for p in players {
+        let (f, h, seen) = p.await.unwrap();
+        fetched += f;
+        hits += h;
+        distinct.extend(seen);
+    }
+    let stream = server.state.registry.get("cached").expect("still live");
+    let served = stream
+        .hub
+        .segments
+        .stats
+        .segments_served
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fetched >= 20 * 4, "{fetched} segment fetches");
+    assert!(
+        served <= distinct.len() as u64 + 2,
+        "transcast served {served} segments for {} distinct ones ({fetched} fetched through nginx)",
+        distinct.len()
+    );
+    assert!(stream.hub.segments.max_hits() <= 2);
+    assert!(
+        hits * 10 >= fetched * 8,
+        "{hits} of {fetched} from the cache"
+    );
+    drop(stream);
+    assert_eq!(push.await.unwrap().status, 200);
+}
