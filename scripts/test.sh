@@ -26,6 +26,16 @@ TEST_PACKAGES=(
 ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_rust_tools
 export PATH="$HOME/.cargo/bin:$PATH"
+# dash.js and Shaka Player from the npm registry (pinned), for the DASH case of tests/browsers.rs, which serves
+# them from target/js: installed here, never while the tests run.
+command -v npm >/dev/null || ensure_packages nodejs npm
+for pkg in dashjs@5.2.1 shaka-player@5.2.12; do
+  name=${pkg%@*} version=${pkg##*@}
+  if ! grep -qs "\"version\": \"$version\"" "target/js/node_modules/$name/package.json"; then
+    echo "==> npm install $pkg into target/js"
+    npm install --prefix target/js --no-save --no-audit --no-fund --ignore-scripts dashjs@5.2.1 shaka-player@5.2.12
+  fi
+done
 if ! command -v geckodriver >/dev/null; then
   echo "==> cargo install geckodriver (about 2 minutes)"
   cargo install --locked geckodriver

@@ -1,6 +1,7 @@
 //! Real browsers play transcast's output: headless Firefox (geckodriver) and Chromium (chromedriver), watching
 //! a transcoded and a passthrough stream from the start and as late joiners, an audio-only stream, the
-//! status page's players, and one `<video>` playing on through its source's loss, the slate and its return. Chromium refuses a join that does not start at a keyframe; Firefox shows nothing
+//! status page's players, dash.js and Shaka Player on a stream's DASH manifest from a page on another origin, and
+//! one `<video>` playing on through its source's loss, the slate and its return. Chromium refuses a join that does not start at a keyframe; Firefox shows nothing
 //! until one comes: both are needed.
 //!
 //! Assertions are on what the page's media element reports (`currentTime` advancing, `videoWidth`, decoded
@@ -343,6 +344,7 @@ async fn browser_cases(browser: &str) {
     client.goto("about:blank").await.unwrap();
     pusher.await.unwrap();
 
+    dash_case(&client, browser).await;
     failover_case(&client, browser, "ts").await;
     if browser == "chromium" {
         // Chromium refuses a stream that changes under it: a passthrough VP8 stream whose source returns as
@@ -437,6 +439,155 @@ async fn failover_case(client: &Client, browser: &str, first: &str) {
     eprintln!(
         "{browser} failover from {first}: live {t_live:.1} s, slate {t_slate:.1} s, back {t_back:.1} s"
     );
+    client.goto("about:blank").await.unwrap();
+    pusher.abort();
+}
+
+/// The DASH players' page: dash.js in one `<video>`, Shaka Player in another, both on the manifest `?mpd=` names
+/// (on another origin than the page: CORS is part of the test). Errors of either go to `window.__errors`.
+const DASH_PAGE: &str = r#"<!doctype html><meta charset="utf-8">
+<video id="dashjs" muted autoplay playsinline width="320"></video>
+<video id="shaka" muted autoplay playsinline width="320"></video>
+<script src="/dash.all.min.js"></script>
+<script src="/shaka-player.compiled.js"></script>
+<script>
+window.__errors = [];
+const mpd = new URLSearchParams(location.search).get('mpd');
+for (const v of document.querySelectorAll('video')) {
+  v.addEventListener('error', () => __errors.push(v.id + ' video error ' + (v.error && v.error.code + ' ' + v.error.message)));
+}
+const d = dashjs.MediaPlayer().create();
+d.on(dashjs.MediaPlayer.events.ERROR, e => __errors.push('dash.js ' + JSON.stringify(e.error || e).slice(0, 300)));
+d.initialize(document.getElementById('dashjs'), mpd, true);
+(async () => {
+  shaka.polyfill.installAll();
+  const p = new shaka.Player();
+  await p.attach(document.getElementById('shaka'));
+  p.addEventListener('error', e => __errors.push('shaka ' + e.detail.code));
+  try { await p.load(mpd); } catch (e) { __errors.push('shaka load ' + e.code); }
+})();
+</script>"#;
+
+/// Serves `files` (path → content type, body) over HTTP/1.1 on a loopback port of its own, until dropped.
+async fn static_server(
+    files: Vec<(&'static str, &'static str, Vec<u8>)>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let files = std::sync::Arc::new(files);
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let path = path.split('?').next().unwrap_or("/");
+                let (status, ctype, body) = match files.iter().find(|f| f.0 == path) {
+                    Some((_, t, b)) => ("200 OK", *t, b.as_slice()),
+                    None => ("404 Not Found", "text/plain", &b"not here"[..]),
+                };
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = sock.write_all(body).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// dash.js and Shaka Player (from npm, put in `target/js` by scripts/test.sh) play a live stream's DASH manifest
+/// from a page on another origin: both advance 3 s with pictures of the stream's size and report no error.
+async fn dash_case(client: &Client, browser: &str) {
+    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/js/node_modules");
+    let (Ok(dashjs), Ok(shaka)) = (
+        std::fs::read(js.join("dashjs/dist/modern/umd/dash.all.min.js")),
+        std::fs::read(js.join("shaka-player/dist/shaka-player.compiled.js")),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dash.js and Shaka Player must be installed in CI (scripts/test.sh puts them in target/js)"
+        );
+        eprintln!("dash.js or Shaka Player not in target/js: the DASH case is skipped");
+        return;
+    };
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.segment_seconds = 1.0;
+    })
+    .await;
+    let name = format!("{browser}-dash");
+    let pusher = tokio::spawn({
+        let (url, data) = (server.url(&name), long_clip("webm"));
+        async move { push(&url, data, false).await }
+    });
+    let mpd = format!("http://{}/live/{name}/manifest.mpd", server.addr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::client().get(&mpd).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "{browser}: no manifest");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (port, _pages) = static_server(vec![
+        ("/", "text/html", DASH_PAGE.as_bytes().to_vec()),
+        ("/dash.all.min.js", "application/javascript", dashjs),
+        ("/shaka-player.compiled.js", "application/javascript", shaka),
+    ])
+    .await;
+    client
+        .goto(&format!("http://127.0.0.1:{port}/?mpd={mpd}"))
+        .await
+        .unwrap();
+    let mut first: [Option<f64>; 2] = [None, None];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let errors = client
+            .execute("return window.__errors || []", vec![])
+            .await
+            .unwrap_or(Value::Null);
+        let mut done = true;
+        let mut states = Vec::new();
+        for (i, sel) in ["#dashjs", "#shaka"].into_iter().enumerate() {
+            let v = media_state(client, sel).await;
+            let t = v["t"].as_f64().unwrap_or(0.0);
+            if v["ready"].as_u64().unwrap_or(0) >= 2 && first[i].is_none() {
+                first[i] = Some(t);
+            }
+            let played = first[i].is_some_and(|t0| t - t0 >= 3.0)
+                && v["w"].as_u64() == Some(320)
+                && v["frames"].as_u64() > Some(0);
+            done &= played;
+            states.push(v);
+        }
+        let failed = errors.as_array().is_some_and(|e| !e.is_empty());
+        if done && !failed {
+            eprintln!("{browser} dash: ok {states:?}");
+            break;
+        }
+        if failed || Instant::now() > deadline {
+            let why = format!("errors {errors}; states {states:?}");
+            let dir = save_artifacts(client, &format!("{browser}-dash"), &why).await;
+            panic!(
+                "{browser} DASH players: {why} (artifacts in {})",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     client.goto("about:blank").await.unwrap();
     pusher.abort();
 }

@@ -331,8 +331,14 @@ pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
         }
         m.push_str("    </AdaptationSet>\n");
     }
-    m.push_str(
-        "  </Period>\n  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/time\"/>\n</MPD>\n",
+    // The clock players sync to: the manifest's own time first (exact to its age, which caches keep under a
+    // second, and usable from a page on any origin), then this server's `/time`. Without one, dash.js asks a
+    // time server on the internet.
+    let _ = write!(
+        m,
+        "  </Period>\n  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:direct:2014\" value=\"{}\"/>\n  \
+         <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/time\"/>\n</MPD>\n",
+        iso(now)
     );
     m
 }
