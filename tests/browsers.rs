@@ -512,7 +512,7 @@ async fn static_server(
 }
 
 /// dash.js and Shaka Player (from npm, put in `target/js` by scripts/test.sh) play a live stream's DASH manifest
-/// from a page on another origin: both advance 3 s with pictures of the stream's size and report no error.
+/// from a page on another origin: both advance 6 s with pictures of the stream's size and report no error.
 async fn dash_case(client: &Client, browser: &str) {
     let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/js/node_modules");
     let (Ok(dashjs), Ok(shaka)) = (
@@ -553,7 +553,7 @@ async fn dash_case(client: &Client, browser: &str) {
         .await
         .unwrap();
     let mut first: [Option<f64>; 2] = [None, None];
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let errors = client
             .execute("return window.__errors || []", vec![])
@@ -567,7 +567,7 @@ async fn dash_case(client: &Client, browser: &str) {
             if v["ready"].as_u64().unwrap_or(0) >= 2 && first[i].is_none() {
                 first[i] = Some(t);
             }
-            let played = first[i].is_some_and(|t0| t - t0 >= 3.0)
+            let played = first[i].is_some_and(|t0| t - t0 >= 6.0)
                 && v["w"].as_u64() == Some(320)
                 && v["frames"].as_u64() > Some(0);
             done &= played;

@@ -20,10 +20,17 @@ async fn manifest(
     name: &str,
     segments: usize,
 ) -> (reqwest::header::HeaderMap, String) {
-    let url = format!("http://{}/live/{name}/manifest.mpd", server.addr);
+    manifest_at(
+        &format!("http://{}/live/{name}/manifest.mpd", server.addr),
+        segments,
+    )
+    .await
+}
+
+async fn manifest_at(url: &str, segments: usize) -> (reqwest::header::HeaderMap, String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let r = client().get(&url).send().await.unwrap();
+        let r = client().get(url).send().await.unwrap();
         if r.status() == 200 {
             let headers = r.headers().clone();
             let text = r.text().await.unwrap();
@@ -107,7 +114,11 @@ fn packets(data: &[u8]) -> Vec<(i64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_of_a_live_stream_decode_and_are_cacheable() {
-    let server = Server::start(|a| a.pace = true).await;
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.segment_window = 3;
+    })
+    .await;
     let push = start_push(&server, "cam");
     let (headers, mpd) = manifest(&server, "cam", 2).await;
     assert_eq!(headers["content-type"], "application/dash+xml");
@@ -121,6 +132,10 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
     assert_eq!(attr(&mpd, "contentType=\"video\"", "codecs"), "vp8");
     assert_eq!(attr(&mpd, "contentType=\"audio\"", "codecs"), "vorbis");
     assert_eq!(attr(&mpd, "<Representation id=\"video\"", "width"), "320");
+    assert_eq!(
+        attr(&mpd, "<Representation id=\"video\"", "frameRate"),
+        "30"
+    );
     let video = timeline(&mpd, "video");
     assert_eq!(
         video,
@@ -216,18 +231,51 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
             }
         }
     }
-    // Not kept, not made yet, another instance, another representation: 404s no cache keeps.
+    // Past the window, once the stream has moved on by a segment: 404.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, now) = manifest(&server, "cam", 1).await;
+        if attr(&now, "<SegmentTemplate", "startNumber")
+            .parse::<u64>()
+            .unwrap()
+            > first
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the window never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Not kept any more, not made yet, another instance, another representation, another stream: 404s no cache
+    // keeps.
     let inst = init_tpl.split('/').next().unwrap();
     for path in [
+        format!("{inst}/video/{first}.webm"),
         format!("{inst}/video/{}.webm", first + 1000),
         format!("0{inst}/video/{first}.webm"),
         format!("{inst}/subtitles/{first}.webm"),
         format!("{inst}/video/x.webm"),
+        "../nobody/manifest.mpd".to_string(),
     ] {
         let r = client().get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         assert_eq!(r.headers()["cache-control"], "no-cache");
     }
+    // The status page links the manifest.
+    let status = client()
+        .get(format!("http://{}/", server.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        status.contains("href=\"/live/cam/manifest.mpd\""),
+        "{status}"
+    );
     let time = client()
         .get(format!("http://{}/time", server.addr))
         .send()
@@ -240,11 +288,46 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
 }
 
 /// ffmpeg's DASH reader plays the live manifest as a player does (`-re`: live, one segment after another).
+/// ffmpeg's DASH reader plays the live manifest of a passthrough and of a transcoded stream as a player does
+/// (`-re`: live, one segment after another), without an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_the_live_manifest() {
     let server = Server::start(|a| a.pace = true).await;
-    let push = start_push(&server, "live");
-    manifest(&server, "live", 2).await;
+    let pushes: Vec<_> = [("webm", "pass"), ("ts", "trans")]
+        .into_iter()
+        .map(|(kind, name)| {
+            let (url, clip) = (server.url(name), long_clip(kind));
+            tokio::spawn(async move { push(&url, clip, true).await })
+        })
+        .collect();
+    let runs: Vec<_> = ["pass", "trans"]
+        .into_iter()
+        .map(|name| {
+            let url = format!("http://{}/live/{name}/manifest.mpd", server.addr);
+            tokio::spawn(async move {
+                manifest_at(&url, 2).await;
+                ffmpeg_dash(&url).await
+            })
+        })
+        .collect();
+    for (run, name) in runs.into_iter().zip(["pass", "trans"]) {
+        let (frames, log) = run.await.unwrap();
+        assert!(
+            frames >= 80,
+            "{name}: ffmpeg decoded {frames} frames in 3 s: {log}"
+        );
+        assert!(
+            !log.contains("Error") && !log.contains("Failed"),
+            "{name}: {log}"
+        );
+    }
+    for p in pushes {
+        assert_eq!(p.await.unwrap().status, 200);
+    }
+}
+
+/// Plays 3 s of a live manifest with ffmpeg: the frames it decoded, and its log.
+async fn ffmpeg_dash(url: &str) -> (u64, String) {
     let mut ffmpeg = tokio::process::Command::new("ffmpeg")
         .args([
             "-nostdin",
@@ -256,7 +339,7 @@ async fn ffmpeg_plays_the_live_manifest() {
             "5000000",
             "-i",
         ])
-        .arg(format!("http://{}/live/live/manifest.mpd", server.addr))
+        .arg(url)
         .args(["-t", "3", "-f", "null", "-"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -284,9 +367,7 @@ async fn ffmpeg_plays_the_live_manifest() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(frames >= 80, "ffmpeg decoded {frames} frames in 3 s: {log}");
-    assert!(!log.contains("Error") && !log.contains("Failed"), "{log}");
-    assert_eq!(push.await.unwrap().status, 200);
+    (frames, log)
 }
 
 /// nginx in the foreground, in a process group of its own: dropping this kills the master and its workers
@@ -388,8 +469,8 @@ async fn player(base: String, until: tokio::time::Instant) -> (u64, u64, Vec<(St
     (fetched, hits, seen)
 }
 
-/// Behind nginx (Debian's, with `scripts/nginx-cache.conf` as it is shipped), 20 players watching for 8 s make
-/// transcast serve each segment about once.
+/// Behind nginx (Debian's, with `scripts/nginx-cache.conf` as it is shipped), 50 players watching for 8 s make
+/// transcast serve each segment about once (at most twice, the issue's bound, is asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_nginx_each_segment_leaves_transcast_about_once() {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
@@ -426,7 +507,7 @@ async fn behind_nginx_each_segment_leaves_transcast_about_once() {
     manifest(&server, "cached", 1).await;
     let base = format!("http://127.0.0.1:{port}/live/cached/");
     let until = tokio::time::Instant::now() + Duration::from_secs(8);
-    let players: Vec<_> = (0..20)
+    let players: Vec<_> = (0..50)
         .map(|_| tokio::spawn(player(base.clone(), until)))
         .collect();
     let (mut fetched, mut hits) = (0, 0);
@@ -444,9 +525,9 @@ async fn behind_nginx_each_segment_leaves_transcast_about_once() {
         .stats
         .segments_served
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(fetched >= 20 * 4, "{fetched} segment fetches");
+    assert!(fetched >= 50 * 4, "{fetched} segment fetches");
     assert!(
-        served <= distinct.len() as u64 + 2,
+        served <= 2 * distinct.len() as u64,
         "transcast served {served} segments for {} distinct ones ({fetched} fetched through nginx)",
         distinct.len()
     );
@@ -457,4 +538,63 @@ async fn behind_nginx_each_segment_leaves_transcast_about_once() {
     );
     drop(stream);
     assert_eq!(push.await.unwrap().status, 200);
+}
+
+/// With the token server, a view-restricted stream's manifest and segments need its view key, which the
+/// manifest carries into its segment URLs so that players keep sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_restricted_streams_dash_needs_its_view_key() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.token_server = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let session: serde_json::Value = serde_json::from_str(
+        &client()
+            .post(format!("http://{}/api/v1/tokens", server.addr))
+            .header("content-type", "application/json")
+            .body(r#"{"session_id": "private", "view_restricted": true}"#)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let (push_key, view_key) = (
+        session["push_key"].as_str().unwrap(),
+        session["view_key"].as_str().unwrap(),
+    );
+    let pushing = {
+        let (url, clip) = (
+            format!("{}?token={push_key}", server.url("private")),
+            long_clip("webm"),
+        );
+        tokio::spawn(async move { push(&url, clip, true).await })
+    };
+    let mpd = format!("http://{}/live/private/manifest.mpd", server.addr);
+    let (_, text) = manifest_at(&format!("{mpd}?token={view_key}"), 1).await;
+    let media = attr(&text, "<SegmentTemplate", "media");
+    assert!(media.ends_with(&format!("?token={view_key}")), "{media}");
+    for key in [None, Some(push_key)] {
+        let url = key.map_or(mpd.clone(), |k| format!("{mpd}?token={k}"));
+        assert_eq!(
+            client().get(&url).send().await.unwrap().status(),
+            401,
+            "{key:?}"
+        );
+    }
+    let first = attr(&text, "<SegmentTemplate", "startNumber");
+    let segment = format!(
+        "http://{}/live/private/{}",
+        server.addr,
+        media
+            .replace("$RepresentationID$", "video")
+            .replace("$Number$", first)
+    );
+    assert_eq!(client().get(&segment).send().await.unwrap().status(), 200);
+    let bare = segment.split('?').next().unwrap();
+    assert_eq!(client().get(bare).send().await.unwrap().status(), 401);
+    assert_eq!(pushing.await.unwrap().status, 200);
 }

@@ -152,7 +152,9 @@ fn card(info: &StreamInfo, started: SystemTime) -> String {
          <dt>resolution</dt><dd data-f=\"res\">{res}</dd>\
          <dt>bitrate</dt><dd data-f=\"bitrate\">{bitrate}</dd>\
          <dt>clients</dt><dd data-f=\"clients\">{clients}</dd>\
-         <dt>uptime</dt><dd data-f=\"uptime\">{up}</dd></dl></div></article>",
+         <dt>uptime</dt><dd data-f=\"uptime\">{up}</dd>\
+         <dt>links</dt><dd><a href=\"/live/{name}\">live WebM</a> · \
+         <a href=\"/live/{name}/manifest.mpd\">DASH</a></dd></dl></div></article>",
         player = media_tag(&info.name, info, false),
         state = state_text(info.state, info.failovers),
         cin = esc(&info.input.codecs.join("+")),
@@ -265,7 +267,8 @@ pub async fn watch_page(
     let body = format!(
         "<main class=\"watch\"><h2>{n}</h2><p class=\"info\">{mode} · {cin} → {cout} · {res}</p>{tag}\
          <div class=\"stats\" id=\"stats\"></div>\
-         <p class=\"stats\">Direct link for players: <a href=\"/live/{n}\">/live/{n}</a></p></main>",
+         <p class=\"stats\">Direct link for players: <a href=\"/live/{n}\">/live/{n}</a> (lowest latency) · \
+         DASH for caches and CDNs: <a href=\"/live/{n}/manifest.mpd\">/live/{n}/manifest.mpd</a></p></main>",
         n = esc(&name),
         cin = esc(&info.input.codecs.join("+")),
         cout = esc(&info.output.codecs.join("+")),

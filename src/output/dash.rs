@@ -59,10 +59,10 @@ pub async fn manifest(
                 HeaderValue::from_static("application/dash+xml"),
             );
             // At most half a segment, so a cache never holds a manifest past the next segment.
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=1"),
-            );
+            let max_age = (app.config.segments.target.as_secs_f64() / 2.0).floor() as u64;
+            if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
             r
         }
         Err(e) => not_found(e),
@@ -250,9 +250,9 @@ pub fn byte_range(v: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 /// segments a `SegmentTimeline` lists with their exact start and duration (stream milliseconds).
 pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
     let target = l.target.as_secs_f64();
-    let total_ms: i64 = l.segments.iter().map(|s| s.2).sum();
-    let max_ms = l.segments.iter().map(|s| s.2).max().unwrap_or(0);
-    let first = l.segments.first().map_or(1, |s| s.0);
+    let total_ms: i64 = l.segments.iter().map(|s| s.duration_ms).sum();
+    let max_ms = l.segments.iter().map(|s| s.duration_ms).max().unwrap_or(0);
+    let first = l.segments.first().map_or(1, |s| s.number);
     // Whole seconds: ffmpeg's DASH reader drops the fraction of an xs:duration.
     let secs_up = |ms: i64| (ms.max(0) as u64).div_ceil(1000).max(1);
     let query = token.map_or(String::new(), |t| format!("?token={}", url_escape(t)));
@@ -271,7 +271,7 @@ pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
         secs_up(max_ms),
     );
     if l.ended {
-        let end = l.segments.last().map_or(0, |s| s.1 + s.2);
+        let end = l.segments.last().map_or(0, |s| s.start_ms + s.duration_ms);
         let _ = write!(m, " mediaPresentationDuration=\"PT{}S\"", secs_up(end));
     } else {
         m.push_str(" minimumUpdatePeriod=\"PT1S\"");
@@ -283,7 +283,9 @@ pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
         let bandwidth = l
             .segments
             .iter()
-            .map(|s| s.3.get(i).copied().unwrap_or(0) as u64 * 8000 / s.2.max(1) as u64)
+            .map(|s| {
+                s.sizes.get(i).copied().unwrap_or(0) as u64 * 8000 / s.duration_ms.max(1) as u64
+            })
             .max()
             .unwrap_or(0)
             .max(1000);
@@ -302,7 +304,11 @@ pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
             inst = l.instance,
         );
         for s in &l.segments {
-            let _ = writeln!(m, "          <S t=\"{}\" d=\"{}\"/>", s.1, s.2);
+            let _ = writeln!(
+                m,
+                "          <S t=\"{}\" d=\"{}\"/>",
+                s.start_ms, s.duration_ms
+            );
         }
         m.push_str("        </SegmentTimeline>\n      </SegmentTemplate>\n");
         let _ = write!(
@@ -313,6 +319,18 @@ pub fn mpd(l: &Listing, token: Option<&str>, now: SystemTime) -> String {
         if video {
             if let (Some(w), Some(h)) = (rep.track.width, rep.track.height) {
                 let _ = write!(m, " width=\"{w}\" height=\"{h}\" sar=\"1:1\"");
+            }
+            // Measured: pictures over time in the listed segments (the last one, cut by the stream's end, aside).
+            let last = l.segments.last().map_or(0, |s| s.number);
+            let (frames, ms) = l
+                .segments
+                .iter()
+                .filter(|s| !l.ended || s.number != last)
+                .fold((0, 0), |(f, d), s| {
+                    (f + s.frames.get(i).copied().unwrap_or(0), d + s.duration_ms)
+                });
+            if frames > 0 && ms > 0 {
+                let _ = write!(m, " frameRate=\"{}\"", (frames as i64 * 1000 + ms / 2) / ms);
             }
             m.push_str("/>\n");
         } else {

@@ -27,8 +27,8 @@ const AUDIO_WAIT_MS: i64 = 1000;
 /// A segment this long without a keyframe is dropped (block timecodes are 16-bit milliseconds from the
 /// cluster's): the next starts at the next keyframe, and the timeline has a gap.
 const MAX_SEGMENT_MS: i64 = 30_000;
-/// Segments kept beyond the window, for players that fetch what the previous manifest listed.
-const KEEP_EXTRA: usize = 2;
+/// Segments kept beyond the window (none: what the manifest no longer lists answers 404).
+const KEEP_EXTRA: usize = 0;
 const ID_CLUSTER: u32 = 0x1F43_B675;
 const ID_TIMECODE: u32 = 0xE7;
 const ID_SIMPLE_BLOCK: u32 = 0xA3;
@@ -59,6 +59,8 @@ pub struct Segment {
     pub completed: SystemTime,
     /// In the order of [`Listing::reps`].
     pub parts: Vec<Bytes>,
+    /// Blocks (frames) per representation.
+    pub frames: Vec<usize>,
     /// How often it was served (a cache in front should make this about 1).
     pub hits: AtomicU64,
 }
@@ -69,12 +71,24 @@ pub struct Listing {
     /// Changes with every new stream of the same name, so a cache never mixes two streams' segments.
     pub instance: String,
     pub reps: Vec<Rep>,
-    /// The newest `window` segments: number, start and duration in ms, bytes per representation.
-    pub segments: Vec<(u64, i64, i64, Vec<usize>)>,
+    /// The newest `window` segments.
+    pub segments: Vec<Listed>,
     /// Wall-clock time of stream time 0, fixed at the first segment.
     pub availability_start: SystemTime,
     pub ended: bool,
     pub target: Duration,
+}
+
+/// A segment as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub number: u64,
+    pub start_ms: i64,
+    pub duration_ms: i64,
+    /// Bytes per representation.
+    pub sizes: Vec<usize>,
+    /// Frames per representation.
+    pub frames: Vec<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -290,6 +304,7 @@ impl Segments {
             duration_ms: (end - o.start_ms).max(1),
             completed: SystemTime::now(),
             parts,
+            frames: o.blocks.iter().map(Vec::len).collect(),
             hits: AtomicU64::new(0),
         };
         st.next_number += 1;
@@ -317,9 +332,12 @@ impl Segments {
             .done
             .iter()
             .skip(skip)
-            .map(|s| {
-                let sizes = s.parts.iter().map(Bytes::len).collect();
-                (s.number, s.start_ms, s.duration_ms, sizes)
+            .map(|s| Listed {
+                number: s.number,
+                start_ms: s.start_ms,
+                duration_ms: s.duration_ms,
+                sizes: s.parts.iter().map(Bytes::len).collect(),
+                frames: s.frames.clone(),
             })
             .collect();
         if segments.is_empty() {
@@ -470,8 +488,12 @@ mod tests {
         let l = s.listing().expect("segments");
         assert_eq!(l.reps.len(), 2);
         assert_eq!(l.reps[0].id, "video");
-        let spans: Vec<(u64, i64, i64)> = l.segments.iter().map(|s| (s.0, s.1, s.2)).collect();
-        // 8 segments in all (0, 2, … 14 s; the last one cut short by the end), the newest 3 listed, 5 kept.
+        let spans: Vec<(u64, i64, i64)> = l
+            .segments
+            .iter()
+            .map(|s| (s.number, s.start_ms, s.duration_ms))
+            .collect();
+        // 8 segments in all (0, 2, … 14 s; the last one cut short by the end), the newest 3 listed and kept.
         assert_eq!(
             spans,
             vec![(6, 10000, 2000), (7, 12000, 2000), (8, 14000, 933)]
@@ -496,8 +518,13 @@ mod tests {
             .sum();
         assert_eq!(audio, (10000..audio_next).step_by(50).count());
         assert!(
-            s.segment(&l.instance, "video", 4).is_some(),
-            "kept beyond the window"
+            s.segment(&l.instance, "video", 5).is_none(),
+            "past the window"
+        );
+        assert_eq!(
+            l.segments[0].frames,
+            vec![20, 40],
+            "video at 10 fps, audio at 20 blocks a second"
         );
         assert!(s.segment("other", "video", 5).is_none(), "another instance");
         assert!(
@@ -538,7 +565,11 @@ mod tests {
             feed(&s, &mut sc, &block(1, ms, true));
         }
         let l = s.listing().unwrap();
-        let spans: Vec<(u64, i64, i64)> = l.segments.iter().map(|s| (s.0, s.1, s.2)).collect();
+        let spans: Vec<(u64, i64, i64)> = l
+            .segments
+            .iter()
+            .map(|s| (s.number, s.start_ms, s.duration_ms))
+            .collect();
         assert_eq!(spans, vec![(1, 0, 2000), (2, 2000, 2000)]);
         assert_eq!(l.reps[0].id, "audio");
     }
