@@ -532,6 +532,20 @@ async fn behind_nginx_each_segment_leaves_transcast_about_once() {
         distinct.len()
     );
     assert!(stream.hub.segments.max_hits() <= 2);
+    // The API says the same.
+    let info: serde_json::Value = serde_json::from_str(
+        &client()
+            .get(format!("http://{}/api/v1/streams/cached", server.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["dash"]["segment_requests"], served, "{info}");
+    assert!(info["dash"]["segments"].as_u64() >= Some(3), "{info}");
     assert!(
         hits * 10 >= fetched * 8,
         "{hits} of {fetched} from the cache"

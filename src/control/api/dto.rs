@@ -31,6 +31,7 @@ pub struct StreamInfo {
     pub bitrate_in_bps: u64,
     pub bitrate_out_bps: u64,
     pub clients: ClientStats,
+    pub dash: DashInfo,
     /// Media seconds produced per wall-clock second over the last second (transcodes only).
     pub encoder_realtime_factor: Option<f64>,
     pub frames_dropped: u64,
@@ -87,6 +88,20 @@ pub struct OutputInfo {
     pub codecs: Vec<String>,
     pub width: Option<u64>,
     pub height: Option<u64>,
+}
+
+/// The stream's DASH presentation: what was cut and what was served.
+#[derive(Debug, Serialize)]
+pub struct DashInfo {
+    /// Segments completed so far.
+    pub segments: u64,
+    /// Media segments served (a cache in front should keep this near `segments` per representation).
+    pub segment_requests: u64,
+    /// Most times any kept segment was served.
+    pub max_segment_hits: u64,
+    pub manifest_requests: u64,
+    pub init_requests: u64,
+    pub not_found: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -126,6 +126,17 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
             skipped: stats.skips.load(Relaxed),
             relays: stats.relays_now.load(Relaxed),
         },
+        dash: {
+            let d = &e.hub.segments;
+            DashInfo {
+                segments: d.stats.published.load(Relaxed),
+                segment_requests: d.stats.segments_served.load(Relaxed),
+                max_segment_hits: d.max_hits(),
+                manifest_requests: d.stats.manifests.load(Relaxed),
+                init_requests: d.stats.inits.load(Relaxed),
+                not_found: d.stats.not_found.load(Relaxed),
+            }
+        },
         encoder_realtime_factor: rates
             .realtime_factor
             .filter(|_| mode == crate::stream::Mode::Transcode),
