@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 
 use transcast::stream::webm::{Event, Scanner, TrackKind};
 
+mod dash;
 mod soak;
 
 /// A read gap longer than this while the stream is live counts as a stall.
@@ -100,6 +101,15 @@ struct Args {
     /// With --edges: clients on the origin itself.
     #[arg(long, default_value_t = 20)]
     origin_clients: usize,
+    /// DASH: `--clients` players read the stream's DASH presentation (manifest every second, each new segment
+    /// once, from the live edge) instead of its progressive stream; see `dash.rs`.
+    #[arg(long)]
+    dash: bool,
+
+    /// With --dash: the players go through nginx (Debian's, `scripts/nginx-cache.conf`, started on loopback).
+    #[arg(long)]
+    dash_nginx: bool,
+
     /// Soak: this many rounds of viewer churn, pushes of every kind and source flaps against one server, its RSS,
     /// open files and threads sampled after each round once idle; fails when they do not come back (see
     /// `soak.rs`). Takes no other load options.
@@ -151,6 +161,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if args.floor {
         return rt.block_on(floor(&args));
+    }
+    if args.dash || args.dash_nginx {
+        return rt.block_on(dash::dash(&args));
     }
     if let Some(rounds) = args.soak {
         anyhow::ensure!(
