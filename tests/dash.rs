@@ -612,3 +612,181 @@ async fn a_view_restricted_streams_dash_needs_its_view_key() {
     assert_eq!(client().get(bare).send().await.unwrap().status(), 401);
     assert_eq!(pushing.await.unwrap().status, 200);
 }
+
+/// One DASH presentation across a source's loss and a return in another format: a passthrough VP8/Vorbis source
+/// cut mid-upload, the slate, then an H.264/AAC source (transcoded to the stream's codecs). The timeline runs on
+/// without a gap, and every segment of the whole span decodes with the init segments fetched at the start: the
+/// stream's output never changes its tracks, so there is no discontinuity to start a new Period for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_timeline_and_one_init_across_the_slate_and_a_new_source() {
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = transcast::config::Fallback::Slate;
+        a.segment_window = 30;
+    })
+    .await;
+    let name = "switch";
+    let clip = long_clip("webm");
+    let mut sock = raw_push(&server, name).await;
+    let feeding = tokio::spawn(async move {
+        for c in chunk(&clip, 16 << 10) {
+            if try_send_chunk(&mut sock, &c).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let (_, mpd) = manifest(&server, name, 1).await;
+    let base = format!("http://{}/live/{name}/", server.addr);
+    let init_tpl = attr(&mpd, "<SegmentTemplate", "initialization").to_string();
+    let mut inits = Vec::new();
+    for rep in ["video", "audio"] {
+        let url = format!("{base}{}", init_tpl.replace("$RepresentationID$", rep));
+        inits.push(
+            client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    feeding.abort(); // the source is lost mid-body: the slate
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.state.registry.get(name).map(|s| s.state())
+        != Some(transcast::stream::State::Fallback)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never fell back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = {
+        let url = server.url(name);
+        tokio::spawn(async move { push(&url, long_clip("ts"), true).await })
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, mpd) = manifest(&server, name, 1).await;
+    assert_eq!(
+        attr(&mpd, "<SegmentTemplate", "initialization"),
+        init_tpl,
+        "the same instance and init segments"
+    );
+    assert_eq!(mpd.matches("<Period").count(), 1);
+    let video = timeline(&mpd, "video");
+    assert!(video.len() >= 5, "{video:?}");
+    for w in video.windows(2) {
+        assert_eq!(w[0].0 + w[0].1, w[1].0, "no gap in the timeline: {video:?}");
+    }
+    let first: u64 = attr(&mpd, "<SegmentTemplate", "startNumber")
+        .parse()
+        .unwrap();
+    let media = attr(&mpd, "<SegmentTemplate", "media").to_string();
+    let mut pictures = 0;
+    for (i, &(t, _)) in video.iter().enumerate() {
+        for (rep, init) in ["video", "audio"].into_iter().zip(&inits) {
+            let url = format!(
+                "{base}{}",
+                media
+                    .replace("$RepresentationID$", rep)
+                    .replace("$Number$", &(first + i as u64).to_string())
+            );
+            let seg = client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let mut file = init.to_vec();
+            file.extend_from_slice(&seg);
+            let d = decode(&file);
+            if rep == "video" {
+                assert_eq!((d.width, d.height), (320, 240), "segment at {t} ms");
+                assert!(
+                    d.video_frames > 0 && d.video_pts_monotonic,
+                    "segment at {t} ms"
+                );
+                assert_eq!(
+                    packets(&file)[0],
+                    (t, true),
+                    "segment at {t} ms starts with a keyframe"
+                );
+                pictures += d.video_frames;
+            } else {
+                assert!(d.audio_ns > 0, "audio segment at {t} ms");
+            }
+        }
+    }
+    assert!(
+        pictures as i64 >= video.iter().map(|s| s.1).sum::<i64>() * 25 / 1000,
+        "{pictures} pictures"
+    );
+    let s = server.state.registry.get(name).unwrap();
+    assert_eq!(
+        s.state(),
+        transcast::stream::State::Live,
+        "the new source is on"
+    );
+    back.abort();
+}
+
+/// An audio-only stream (Ogg Opus in) has one adaptation set, cut by time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_only_stream_is_cut_by_time() {
+    let server = Server::start(|a| a.pace = true).await;
+    let pushing = {
+        let (url, clip) = (server.url("radio"), long_clip("opus"));
+        tokio::spawn(async move { push(&url, clip, true).await })
+    };
+    // Two `<S>` in one adaptation set: two segments.
+    let (_, mpd) = manifest_at(
+        &format!("http://{}/live/radio/manifest.mpd", server.addr),
+        1,
+    )
+    .await;
+    assert_eq!(mpd.matches("<AdaptationSet").count(), 1, "{mpd}");
+    assert_eq!(attr(&mpd, "<AdaptationSet", "contentType"), "audio");
+    // Ogg is decoded (only Matroska/WebM input passes through): Vorbis out.
+    assert_eq!(attr(&mpd, "<AdaptationSet", "codecs"), "vorbis");
+    let audio = timeline(&mpd, "audio");
+    assert!(
+        audio.iter().all(|&(_, d)| (1900..=2100).contains(&d)),
+        "{audio:?}"
+    );
+    let base = format!("http://{}/live/radio/", server.addr);
+    let init = client()
+        .get(format!(
+            "{base}{}",
+            attr(&mpd, "<SegmentTemplate", "initialization").replace("$RepresentationID$", "audio")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let first = attr(&mpd, "<SegmentTemplate", "startNumber");
+    let seg = client()
+        .get(format!(
+            "{base}{}",
+            attr(&mpd, "<SegmentTemplate", "media")
+                .replace("$RepresentationID$", "audio")
+                .replace("$Number$", first)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut file = init.to_vec();
+    file.extend_from_slice(&seg);
+    let d = decode(&file);
+    assert!(d.audio_ns > 1_800_000_000 && d.video_frames == 0, "{d:?}");
+    assert_eq!(pushing.await.unwrap().status, 200);
+}

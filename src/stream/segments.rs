@@ -546,6 +546,35 @@ mod tests {
         assert_eq!((tracks[0].number, tracks[0].kind), (2, TrackKind::Audio));
     }
 
+    /// Video-only streams: one representation, segments from keyframe to keyframe.
+    #[test]
+    fn video_only_is_cut_at_keyframes() {
+        let s = Segments::new(SegmentConfig {
+            target: Duration::from_secs(2),
+            window: 10,
+        });
+        let mut sc = webm::Scanner::new();
+        let mut h = element(0x1A45_DFA3, &uint(0x4282, 1));
+        h.extend(open(0x1853_8067));
+        let mut v = uint(0xD7, 1);
+        v.extend(uint(0x83, 1));
+        v.extend(string(0x86, "V_VP8"));
+        h.extend(element(0x1654_AE6B, &element(0xAE, &v)));
+        feed(&s, &mut sc, &h);
+        // Keyframes every 1.5 s: the first at or after 2 s ends a segment.
+        for ms in (0..7000).step_by(100) {
+            feed(&s, &mut sc, &block(1, ms, ms % 1500 == 0));
+        }
+        let l = s.listing().unwrap();
+        assert_eq!(l.reps.len(), 1);
+        let spans: Vec<(u64, i64, i64)> = l
+            .segments
+            .iter()
+            .map(|s| (s.number, s.start_ms, s.duration_ms))
+            .collect();
+        assert_eq!(spans, vec![(1, 0, 3000), (2, 3000, 3000)]);
+    }
+
     /// Audio-only streams are cut by time.
     #[test]
     fn audio_only_is_cut_by_time() {
