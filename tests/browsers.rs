@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,14 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn find(cmd: &str) -> Option<PathBuf> {
     let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(cmd));
@@ -392,19 +383,8 @@ async fn failover_case(client: &Client, browser: &str, first: &str) {
     })
     .await;
     let name = format!("{browser}-failover-{first}");
-    let clip = long_clip(first);
-    // A chunked push over a bare socket, cut without its terminator: the source is lost, not finished.
-    let mut sock = raw_push(&server, &name).await;
-    // About real time (the clip is 12 s), so the cut below falls mid-body; the socket lives in the task.
-    let feeding = tokio::spawn(async move {
-        for c in chunk(&clip, 16 << 10) {
-            if try_send_chunk(&mut sock, &c).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        std::future::pending::<()>().await;
-    });
+    // About real time, so the cut below falls mid-body: the source is lost, not finished.
+    let feeding = losable_push(&server, &name, long_clip(first)).await;
     wait_live(&server, &name).await;
     client
         .goto(&format!("http://{}/watch/{name}", server.addr))

@@ -83,6 +83,55 @@ fn timeline(mpd: &str, kind: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// A manifest's segment URLs, resolved against its own URL (`base` ends with `/live/{name}/`).
+struct Urls {
+    base: String,
+    init: String,
+    media: String,
+}
+
+impl Urls {
+    fn of(base: &str, mpd: &str) -> Urls {
+        Urls {
+            base: base.to_string(),
+            init: attr(mpd, "<SegmentTemplate", "initialization").to_string(),
+            media: attr(mpd, "<SegmentTemplate", "media").to_string(),
+        }
+    }
+
+    fn init(&self, rep: &str) -> String {
+        format!(
+            "{}{}",
+            self.base,
+            self.init.replace("$RepresentationID$", rep)
+        )
+    }
+
+    fn segment(&self, rep: &str, n: u64) -> String {
+        format!(
+            "{}{}",
+            self.base,
+            self.media
+                .replace("$RepresentationID$", rep)
+                .replace("$Number$", &n.to_string())
+        )
+    }
+}
+
+/// The body of a `GET` that must answer 200.
+async fn fetch(url: &str) -> bytes::Bytes {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.bytes().await.unwrap()
+}
+
+/// A segment appended to its init segment: a file players and decoders read.
+fn playable(init: &[u8], segment: &[u8]) -> Vec<u8> {
+    let mut file = init.to_vec();
+    file.extend_from_slice(segment);
+    file
+}
+
 /// Packets of a file, as ffprobe reads them: (pts in ms, keyframe) of the first stream.
 fn packets(data: &[u8]) -> Vec<(i64, bool)> {
     let file = write_temp(data);
@@ -154,22 +203,17 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
         .parse()
         .unwrap();
     let init_tpl = attr(&mpd, "<SegmentTemplate", "initialization");
-    let media_tpl = attr(&mpd, "<SegmentTemplate", "media");
     let base = format!("http://{}/live/cam/", server.addr);
+    let urls = Urls::of(&base, &mpd);
     for (rep, kind) in [("video", "video"), ("audio", "audio")] {
-        let init_url = format!("{base}{}", init_tpl.replace("$RepresentationID$", rep));
+        let init_url = urls.init(rep);
         let init = client().get(&init_url).send().await.unwrap();
         assert_eq!(init.status(), 200, "{init_url}");
         assert_eq!(init.headers()["content-type"], format!("{kind}/webm"));
         let init = init.bytes().await.unwrap();
         for (i, &(t, d)) in video.iter().enumerate() {
             let n = first + i as u64;
-            let url = format!(
-                "{base}{}",
-                media_tpl
-                    .replace("$RepresentationID$", rep)
-                    .replace("$Number$", &n.to_string())
-            );
+            let url = urls.segment(rep, n);
             let r = client().get(&url).send().await.unwrap();
             assert_eq!(r.status(), 200, "{url}");
             let cache = r.headers()["cache-control"].to_str().unwrap().to_string();
@@ -264,14 +308,7 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
         assert_eq!(r.headers()["cache-control"], "no-cache");
     }
     // The status page links the manifest.
-    let status = client()
-        .get(format!("http://{}/", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = get_text(&format!("http://{}/", server.addr)).await;
     assert!(
         status.contains("href=\"/live/cam/manifest.mpd\""),
         "{status}"
@@ -402,15 +439,6 @@ impl Drop for Nginx {
     }
 }
 
-/// A free loopback port (bound and let go: nginx takes it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What one player behind the cache did: (segments fetched, of which the cache answered, the (rep, n) it saw).
 async fn player(base: String, until: tokio::time::Instant) -> (u64, u64, Vec<(String, u64)>) {
     let (mut fetched, mut hits, mut seen) = (0, 0, Vec::new());
@@ -428,28 +456,17 @@ async fn player(base: String, until: tokio::time::Instant) -> (u64, u64, Vec<(St
             .parse()
             .unwrap();
         let count = timeline(&mpd, "video").len() as u64;
-        let media = attr(&mpd, "<SegmentTemplate", "media").to_string();
-        let init = attr(&mpd, "<SegmentTemplate", "initialization").to_string();
+        let urls = Urls::of(&base, &mpd);
         for rep in ["video", "audio"] {
             if !inits_done {
-                let r = client()
-                    .get(format!("{base}{}", init.replace("$RepresentationID$", rep)))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                fetch(&urls.init(rep)).await;
             }
             // A player starts near the live edge and then fetches each new segment once.
             for n in (first + count.saturating_sub(2))..first + count {
                 if seen.contains(&(rep.to_string(), n)) {
                     continue;
                 }
-                let url = format!(
-                    "{base}{}",
-                    media
-                        .replace("$RepresentationID$", rep)
-                        .replace("$Number$", &n.to_string())
-                );
+                let url = urls.segment(rep, n);
                 let r = client().get(&url).send().await.unwrap();
                 assert_eq!(r.status(), 200, "{url}");
                 fetched += 1;
@@ -534,14 +551,7 @@ async fn behind_nginx_each_segment_leaves_transcast_about_once() {
     assert!(stream.hub.segments.max_hits() <= 2);
     // The API says the same.
     let info: serde_json::Value = serde_json::from_str(
-        &client()
-            .get(format!("http://{}/api/v1/streams/cached", server.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        &get_text(&format!("http://{}/api/v1/streams/cached", server.addr)).await,
     )
     .unwrap();
     assert_eq!(info["dash"]["segment_requests"], served, "{info}");
@@ -626,34 +636,15 @@ async fn one_timeline_and_one_init_across_the_slate_and_a_new_source() {
     })
     .await;
     let name = "switch";
-    let clip = long_clip("webm");
-    let mut sock = raw_push(&server, name).await;
-    let feeding = tokio::spawn(async move {
-        for c in chunk(&clip, 16 << 10) {
-            if try_send_chunk(&mut sock, &c).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        std::future::pending::<()>().await;
-    });
+    let feeding = losable_push(&server, name, long_clip("webm")).await;
     let (_, mpd) = manifest(&server, name, 1).await;
     let base = format!("http://{}/live/{name}/", server.addr);
     let init_tpl = attr(&mpd, "<SegmentTemplate", "initialization").to_string();
-    let mut inits = Vec::new();
-    for rep in ["video", "audio"] {
-        let url = format!("{base}{}", init_tpl.replace("$RepresentationID$", rep));
-        inits.push(
-            client()
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        );
-    }
+    let at_start = Urls::of(&base, &mpd);
+    let inits = [
+        fetch(&at_start.init("video")).await,
+        fetch(&at_start.init("audio")).await,
+    ];
     tokio::time::sleep(Duration::from_secs(2)).await;
     feeding.abort(); // the source is lost mid-body: the slate
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -684,26 +675,11 @@ async fn one_timeline_and_one_init_across_the_slate_and_a_new_source() {
     let first: u64 = attr(&mpd, "<SegmentTemplate", "startNumber")
         .parse()
         .unwrap();
-    let media = attr(&mpd, "<SegmentTemplate", "media").to_string();
+    let urls = Urls::of(&base, &mpd);
     let mut pictures = 0;
     for (i, &(t, _)) in video.iter().enumerate() {
         for (rep, init) in ["video", "audio"].into_iter().zip(&inits) {
-            let url = format!(
-                "{base}{}",
-                media
-                    .replace("$RepresentationID$", rep)
-                    .replace("$Number$", &(first + i as u64).to_string())
-            );
-            let seg = client()
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let mut file = init.to_vec();
-            file.extend_from_slice(&seg);
+            let file = playable(init, &fetch(&urls.segment(rep, first + i as u64)).await);
             let d = decode(&file);
             if rep == "video" {
                 assert_eq!((d.width, d.height), (320, 240), "segment at {t} ms");
@@ -758,34 +734,14 @@ async fn an_audio_only_stream_is_cut_by_time() {
         audio.iter().all(|&(_, d)| (1900..=2100).contains(&d)),
         "{audio:?}"
     );
-    let base = format!("http://{}/live/radio/", server.addr);
-    let init = client()
-        .get(format!(
-            "{base}{}",
-            attr(&mpd, "<SegmentTemplate", "initialization").replace("$RepresentationID$", "audio")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
+    let urls = Urls::of(&format!("http://{}/live/radio/", server.addr), &mpd);
+    let first: u64 = attr(&mpd, "<SegmentTemplate", "startNumber")
+        .parse()
         .unwrap();
-    let first = attr(&mpd, "<SegmentTemplate", "startNumber");
-    let seg = client()
-        .get(format!(
-            "{base}{}",
-            attr(&mpd, "<SegmentTemplate", "media")
-                .replace("$RepresentationID$", "audio")
-                .replace("$Number$", first)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let mut file = init.to_vec();
-    file.extend_from_slice(&seg);
+    let file = playable(
+        &fetch(&urls.init("audio")).await,
+        &fetch(&urls.segment("audio", first)).await,
+    );
     let d = decode(&file);
     assert!(d.audio_ns > 1_800_000_000 && d.video_frames == 0, "{d:?}");
     assert_eq!(pushing.await.unwrap().status, 200);

@@ -14,15 +14,6 @@ use common::*;
 use serde_json::json;
 use transcast::config::{Fallback, PullArg};
 
-/// A port nothing listens on now (TCP and UDP).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process killed on drop.
 struct Killed(Child);
 

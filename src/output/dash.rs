@@ -39,9 +39,8 @@ pub async fn manifest(
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Response {
     let token = query.get("token").map(String::as_str);
-    let peer = conn.map(|c| c.peer);
     let answer = (|| {
-        let stream = crate::output::progressive::find(&app, &name, token, &headers, peer)?;
+        let stream = find(&app, &name, token, &headers, conn)?;
         let segments = &stream.hub.segments;
         segments.stats.manifests.fetch_add(1, Relaxed);
         let listing = segments.listing().ok_or_else(|| {
@@ -79,10 +78,14 @@ pub async fn media(
     headers: HeaderMap,
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Response {
-    let token = query.get("token").map(String::as_str);
-    let peer = conn.map(|c| c.peer);
     let answer = (|| {
-        let stream = crate::output::progressive::find(&app, &name, token, &headers, peer)?;
+        let stream = find(
+            &app,
+            &name,
+            query.get("token").map(String::as_str),
+            &headers,
+            conn,
+        )?;
         let segments = &stream.hub.segments;
         let missing = || {
             segments.stats.not_found.fetch_add(1, Relaxed);
@@ -124,6 +127,17 @@ pub async fn media(
     let mut resp = answer.unwrap_or_else(not_found);
     cors(&app, resp.headers_mut());
     resp
+}
+
+/// The stream a DASH request names, after the name and view checks (as a HEAD: no pull is started).
+fn find(
+    app: &AppState,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    conn: Option<axum::Extension<ConnInfo>>,
+) -> Result<Arc<crate::stream::Stream>> {
+    crate::output::progressive::find(app, name, token, headers, conn.map(|c| c.peer))
 }
 
 /// `GET /time`: the server's clock as ISO 8601 with milliseconds, which the manifest names as its UTCTiming

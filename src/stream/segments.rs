@@ -546,9 +546,8 @@ mod tests {
         assert_eq!((tracks[0].number, tracks[0].kind), (2, TrackKind::Audio));
     }
 
-    /// Video-only streams: one representation, segments from keyframe to keyframe.
-    #[test]
-    fn video_only_is_cut_at_keyframes() {
+    /// A segmenter fed a header with one track (number 1) of `kind`, `codec`.
+    fn one_track(kind: u64, codec: &str) -> (Segments, webm::Scanner) {
         let s = Segments::new(SegmentConfig {
             target: Duration::from_secs(2),
             window: 10,
@@ -556,50 +555,44 @@ mod tests {
         let mut sc = webm::Scanner::new();
         let mut h = element(0x1A45_DFA3, &uint(0x4282, 1));
         h.extend(open(0x1853_8067));
-        let mut v = uint(0xD7, 1);
-        v.extend(uint(0x83, 1));
-        v.extend(string(0x86, "V_VP8"));
-        h.extend(element(0x1654_AE6B, &element(0xAE, &v)));
+        let mut t = uint(0xD7, 1);
+        t.extend(uint(0x83, kind));
+        t.extend(string(0x86, codec));
+        h.extend(element(0x1654_AE6B, &element(0xAE, &t)));
         feed(&s, &mut sc, &h);
+        (s, sc)
+    }
+
+    /// (number, start, duration) of the listed segments.
+    fn spans(l: &Listing) -> Vec<(u64, i64, i64)> {
+        l.segments
+            .iter()
+            .map(|s| (s.number, s.start_ms, s.duration_ms))
+            .collect()
+    }
+
+    /// Video-only streams: one representation, segments from keyframe to keyframe.
+    #[test]
+    fn video_only_is_cut_at_keyframes() {
+        let (s, mut sc) = one_track(1, "V_VP8");
         // Keyframes every 1.5 s: the first at or after 2 s ends a segment.
         for ms in (0..7000).step_by(100) {
             feed(&s, &mut sc, &block(1, ms, ms % 1500 == 0));
         }
         let l = s.listing().unwrap();
         assert_eq!(l.reps.len(), 1);
-        let spans: Vec<(u64, i64, i64)> = l
-            .segments
-            .iter()
-            .map(|s| (s.number, s.start_ms, s.duration_ms))
-            .collect();
-        assert_eq!(spans, vec![(1, 0, 3000), (2, 3000, 3000)]);
+        assert_eq!(spans(&l), vec![(1, 0, 3000), (2, 3000, 3000)]);
     }
 
     /// Audio-only streams are cut by time.
     #[test]
     fn audio_only_is_cut_by_time() {
-        let s = Segments::new(SegmentConfig {
-            target: Duration::from_secs(2),
-            window: 10,
-        });
-        let mut sc = webm::Scanner::new();
-        let mut h = element(0x1A45_DFA3, &uint(0x4282, 1));
-        h.extend(open(0x1853_8067));
-        let mut a = uint(0xD7, 1);
-        a.extend(uint(0x83, 2));
-        a.extend(string(0x86, "A_OPUS"));
-        h.extend(element(0x1654_AE6B, &element(0xAE, &a)));
-        feed(&s, &mut sc, &h);
+        let (s, mut sc) = one_track(2, "A_OPUS");
         for ms in (0..5000).step_by(20) {
             feed(&s, &mut sc, &block(1, ms, true));
         }
         let l = s.listing().unwrap();
-        let spans: Vec<(u64, i64, i64)> = l
-            .segments
-            .iter()
-            .map(|s| (s.number, s.start_ms, s.duration_ms))
-            .collect();
-        assert_eq!(spans, vec![(1, 0, 2000), (2, 2000, 2000)]);
+        assert_eq!(spans(&l), vec![(1, 0, 2000), (2, 2000, 2000)]);
         assert_eq!(l.reps[0].id, "audio");
     }
 }

@@ -99,6 +99,27 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port nothing listens on now (bound and let go: whoever is started on it takes it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of a `GET` as text (whatever its status).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -290,6 +311,22 @@ pub async fn raw_push(server: &Server, name: &str) -> tokio::net::TcpStream {
     .await
     .unwrap();
     sock
+}
+
+/// A push of `clip` that can be lost: a chunked upload over a bare socket, 16 KiB every 250 ms (about real time
+/// for the 12 s clips), held open after its last byte. Aborting the task drops the socket mid-body, without the
+/// terminator: the source is lost, not finished.
+pub async fn losable_push(server: &Server, name: &str, clip: Bytes) -> tokio::task::JoinHandle<()> {
+    let mut sock = raw_push(server, name).await;
+    tokio::spawn(async move {
+        for c in chunk(&clip, 16 << 10) {
+            if try_send_chunk(&mut sock, &c).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        std::future::pending::<()>().await;
+    })
 }
 
 /// One chunk of a [`raw_push`].
