@@ -746,3 +746,46 @@ async fn an_audio_only_stream_is_cut_by_time() {
     assert!(d.audio_ns > 1_800_000_000 && d.video_frames == 0, "{d:?}");
     assert_eq!(pushing.await.unwrap().status, 200);
 }
+
+/// On an edge, DASH requests alone start the stream's pull from the origin and keep it open while players ask
+/// (longer than `--pull-linger`); once they stop, the pull closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_for_dash_players_and_keeps_the_pull_while_they_ask() {
+    let origin = Server::start(|a| a.pace = true).await;
+    let pushing = start_push(&origin, "cam");
+    let origin_url = format!("http://{}", origin.addr);
+    let edge = Server::start(move |a| {
+        a.origin = vec![origin_url];
+        a.pull_linger = 1.0;
+    })
+    .await;
+    let mpd = format!("http://{}/live/cam/manifest.mpd", edge.addr);
+    let (_, text) = manifest_at(&mpd, 1).await;
+    let urls = Urls::of(&format!("http://{}/live/cam/", edge.addr), &text);
+    let first: u64 = attr(&text, "<SegmentTemplate", "startNumber")
+        .parse()
+        .unwrap();
+    let file = playable(
+        &fetch(&urls.init("video")).await,
+        &fetch(&urls.segment("video", first)).await,
+    );
+    assert!(decode(&file).video_frames > 0);
+    // A player asking every 500 ms for 3 s: three times the linger, and the pull stays.
+    for _ in 0..6 {
+        assert!(
+            edge.state.registry.contains("cam"),
+            "the pull closed under a player"
+        );
+        assert_eq!(client().get(&mpd).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while edge.state.registry.contains("cam") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pull stayed open with no player"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pushing.abort();
+}

@@ -39,8 +39,8 @@ pub async fn manifest(
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Response {
     let token = query.get("token").map(String::as_str);
-    let answer = (|| {
-        let stream = find(&app, &name, token, &headers, conn)?;
+    let answer = async {
+        let stream = find(&app, &name, token, &headers, conn).await?;
         let segments = &stream.hub.segments;
         segments.stats.manifests.fetch_add(1, Relaxed);
         let listing = segments.listing().ok_or_else(|| {
@@ -48,7 +48,8 @@ pub async fn manifest(
             Error::not_found(format!("stream '{name}' has no complete DASH segment yet"))
         })?;
         Ok::<_, Error>(mpd(&listing, token, SystemTime::now()))
-    })();
+    }
+    .await;
     let mut resp = match answer {
         Ok(mpd) => {
             let mut r = Response::new(Body::from(mpd));
@@ -78,14 +79,9 @@ pub async fn media(
     headers: HeaderMap,
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Response {
-    let answer = (|| {
-        let stream = find(
-            &app,
-            &name,
-            query.get("token").map(String::as_str),
-            &headers,
-            conn,
-        )?;
+    let answer = async {
+        let token = query.get("token").map(String::as_str);
+        let stream = find(&app, &name, token, &headers, conn).await?;
         let segments = &stream.hub.segments;
         let missing = || {
             segments.stats.not_found.fetch_add(1, Relaxed);
@@ -115,7 +111,7 @@ pub async fn media(
         let max_age =
             (app.config.segments.target.as_secs_f64() * app.config.segments.window as f64 * 2.0)
                 .ceil() as u64;
-        Ok(immutable(
+        Ok::<_, Error>(immutable(
             &headers,
             content_type,
             &format!("\"{tag}\""),
@@ -123,21 +119,29 @@ pub async fn media(
             max_age,
             data,
         ))
-    })();
+    }
+    .await;
     let mut resp = answer.unwrap_or_else(not_found);
     cors(&app, resp.headers_mut());
     resp
 }
 
-/// The stream a DASH request names, after the name and view checks (as a HEAD: no pull is started).
-fn find(
-    app: &AppState,
+/// The stream a DASH request names, after the name and view checks. On an edge (or for a declared on-demand
+/// pull) a DASH request wants the stream as a viewer does: the first starts its pull, and each keeps it open, as
+/// players ask every second while they play.
+async fn find(
+    app: &Arc<AppState>,
     name: &str,
     token: Option<&str>,
     headers: &HeaderMap,
     conn: Option<axum::Extension<ConnInfo>>,
 ) -> Result<Arc<crate::stream::Stream>> {
-    crate::output::progressive::find(app, name, token, headers, conn.map(|c| c.peer))
+    let peer = conn.map(|c| c.peer);
+    let stream = crate::output::progressive::find_or_pull(app, name, token, headers, peer).await?;
+    if app.pulls.get(name).is_some() {
+        crate::source::pull::want(app, name);
+    }
+    Ok(stream)
 }
 
 /// `GET /time`: the server's clock as ISO 8601 with milliseconds, which the manifest names as its UTCTiming

@@ -93,7 +93,7 @@ pub async fn admit(
 /// The stream a watch names, after the name and view checks (an edge with an origin key asks its origin
 /// whether the viewer's key may watch it). A name this server does not have but can pull (an edge; a
 /// declared on-demand pull) starts its pull and waits for its first media, up to `--pull-start-timeout`.
-async fn find_or_pull(
+pub(crate) async fn find_or_pull(
     app: &Arc<AppState>,
     name: &str,
     token: Option<&str>,
@@ -254,9 +254,8 @@ fn check(
     authorize_view(app, name, headers, token, peer)
 }
 
-/// The stream a HEAD (or a DASH request) names, after the name and view checks: what is here now (it starts
-/// no pull).
-pub(crate) fn find(
+/// The stream a HEAD names, after the name and view checks: what is here now (a HEAD starts no pull).
+fn find(
     app: &AppState,
     name: &str,
     token: Option<&str>,
