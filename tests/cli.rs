@@ -298,3 +298,49 @@ async fn client_input_cannot_forge_a_log_line() {
         );
     }
 }
+
+/// The daemon's peak RSS (VmHWM), KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The worst input the defaults accept, 1080p60 H.264, uploaded as fast as the network goes and transcoded (paced)
+/// while watched: the daemon's peak stays bounded. Raw pictures wait for the pacer only once scaled to the
+/// stream's size and rate (720p30); held at the decoder's 1080p60 (60 pictures of 3 MB a second, and more while the
+/// pacer waits), this 10 s clip took the daemon to 925 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worst_accepted_input_transcodes_in_bounded_memory() {
+    init();
+    let clip = tempdir().join("1080p60.mp4");
+    run_to_eos(&format!(
+        "videotestsrc num-buffers=600 pattern=ball ! video/x-raw,width=1920,height=1080,framerate=60/1 \
+         ! x264enc speed-preset=ultrafast key-int-max=60 bitrate=8000 ! h264parse ! mp4mux faststart=true name=m \
+         ! filesink location={} audiotestsrc num-buffers=470 samplesperbuffer=1024 ! audioconvert ! avenc_aac \
+         ! aacparse ! m.",
+        clip.display()
+    ));
+    let data = bytes::Bytes::from(std::fs::read(&clip).unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let d = serve(&[], state.path());
+    let url = format!("http://{}/live/big", d.addr);
+    let (pushed, watched) = push_and_watch(&url, data, false).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert_eq!(pushed.json["mode"], "transcode");
+    let out = decode(&watched.body);
+    assert_eq!(
+        (out.width, out.height),
+        (1280, 720),
+        "scaled to the output cap"
+    );
+    let peak_mib = peak_kib(d.child.id()) / 1024;
+    assert!(
+        peak_mib < 400,
+        "one 1080p60 transcode took the daemon to {peak_mib} MiB"
+    );
+    eprintln!("1080p60 transcode: daemon peak {peak_mib} MiB");
+}

@@ -39,6 +39,9 @@ const ROUND_BASE: Duration = Duration::from_secs(60);
 /// Bound on the wait for open files and threads to come back after a round (tokio's idle blocking threads live
 /// 10 s).
 const SETTLE: Duration = Duration::from_secs(12);
+/// How long open files and threads must hold still before a sample counts: a sample taken while a stream's
+/// last threads wind down would make a loose reference (the warm-up) or a false alarm (a later round).
+const STABLE: Duration = Duration::from_secs(1);
 
 /// What the server holds once a round's streams are gone.
 #[derive(Debug, Clone, Copy)]
@@ -393,11 +396,19 @@ pub async fn soak(args: &Args, rounds: u32) -> anyhow::Result<()> {
         // is alive and, after the warm-up, open files and threads are back at its level.
         let warm = samples.get(args.soak_warmup - 1).copied();
         let until = Instant::now() + SETTLE;
+        // Since when open files and threads have been what they are now.
+        let mut still: Option<(Instant, usize, u64)> = None;
         let s = loop {
             let mut s = sample(&pid);
             s.pipelines = alive_pipelines(&pid, &log_path).await?;
-            let settled =
-                s.pipelines == 0 && warm.is_none_or(|w| s.fds <= w.fds && s.threads <= w.threads);
+            let since = match still {
+                Some((t, fds, threads)) if fds == s.fds && threads == s.threads => t,
+                _ => Instant::now(),
+            };
+            still = Some((since, s.fds, s.threads));
+            let settled = s.pipelines == 0
+                && since.elapsed() >= STABLE
+                && warm.is_none_or(|w| s.fds <= w.fds && s.threads <= w.threads);
             if settled || Instant::now() >= until {
                 break s;
             }
