@@ -7,7 +7,8 @@
 //! error kinds and templates sit at the bottom: everything may use them, they use nothing above. No two
 //! modules import each other, directly or round a circle: bottom ← `stream` ← `control::{auth, tokens}`,
 //! `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::pull`, `output::progressive`,
-//! `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`.
+//! `output::dash`, `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
+//! (`tests/layers.rs` checks it).
 //!
 //! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,
 //!   continuation pieces, the push summary); `source::pull` reads a URL instead (`--pull`, the API, an edge's
@@ -19,11 +20,15 @@
 //!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time;
 //!   `stream::attach` what a stream knows of its source; `stream::writer` the live WebM writer (blocks in
 //!   arrival order); `stream::webm` the WebM scanner and builders; `stream::hub` the ring of chunks, join
-//!   points, reader cursors, skip and reap; `stream::registry` name → stream, name rules, 503 on too many.
+//!   points, reader cursors, skip and reap; `stream::segments` the DASH segments cut from what the hub
+//!   publishes (one init and one Cluster per track and segment); `stream::registry` name → stream, 503 on too
+//!   many.
 //! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`; on an edge it starts
-//!   the name's pull and checks viewer keys with the origin) and `output::fanout`
-//!   (one pool of threads for the process, writing to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the stream's encoded
-//!   tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime, SDP).
+//!   the name's pull and checks viewer keys with the origin), `output::dash` (the manifest, init and media
+//!   segments, `/time`, with cache headers) and `output::fanout` (one pool of threads for the process, writing
+//!   to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the
+//!   stream's encoded tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime,
+//!   SDP).
 //! - [`state`]: what every handler shares (`AppState`: config, registry, limits, tokens, pulls; the stream
 //!   factory) and what the accept loop tells a handler of its connection (`ConnInfo`).
 //! - [`control`]: `control::app` (startup, the server task, shutdown), `control::api` (`/api/v1`,

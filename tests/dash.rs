@@ -272,6 +272,13 @@ async fn segments_of_a_live_stream_decode_and_are_cacheable() {
                     format!("bytes 10-109/{}", seg.len()).as_str()
                 );
                 assert_eq!(part.bytes().await.unwrap(), seg.slice(10..110));
+                let head = client().head(&url).send().await.unwrap();
+                assert_eq!(head.status(), 200);
+                assert_eq!(
+                    head.headers()["content-length"],
+                    seg.len().to_string().as_str()
+                );
+                assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
             }
         }
     }
