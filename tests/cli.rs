@@ -299,16 +299,6 @@ async fn client_input_cannot_forge_a_log_line() {
     }
 }
 
-/// The daemon's peak RSS (VmHWM), KiB.
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The worst input the defaults accept, 1080p60 H.264, uploaded as fast as the network goes and transcoded (paced)
 /// while watched: the daemon's peak stays bounded. Raw pictures wait for the pacer only once scaled to the
 /// stream's size and rate (720p30); held at the decoder's 1080p60 (60 pictures of 3 MB a second, and more while the
@@ -337,7 +327,7 @@ async fn the_worst_accepted_input_transcodes_in_bounded_memory() {
         (1280, 720),
         "scaled to the output cap"
     );
-    let peak_mib = peak_kib(d.child.id()) / 1024;
+    let peak_mib = proc_status_kib(&d.child.id().to_string(), "VmHWM") / 1024;
     assert!(
         peak_mib < 400,
         "one 1080p60 transcode took the daemon to {peak_mib} MiB"

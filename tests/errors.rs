@@ -415,14 +415,7 @@ fn big_clip(name: &str, w: u32, h: u32, enc: &str) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_pictures_are_refused_before_decoding() {
     let server = Server::start(|_| {}).await;
-    let rss = || {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let rss = || proc_status_kib("self", "VmHWM");
     let h264 = big_clip(
         "huge.mp4",
         4000,

@@ -373,15 +373,6 @@ async fn continuations_continue_one_input_and_wrong_offsets_get_416() {
     assert_eq!(none.status(), 416);
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 fn open_files() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -422,12 +413,12 @@ async fn flapping_source_keeps_every_viewer_and_leaks_nothing() {
         assert_eq!(v["clients"]["now"], 3, "no viewer was dropped: {v}");
         if cycle == 5 {
             // Warmed up: plugins loaded, per-thread arenas made.
-            baseline = Some((open_files(), rss_kib()));
+            baseline = Some((open_files(), proc_status_kib("self", "VmRSS")));
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (files0, rss0) = baseline.unwrap();
-    let (files1, rss1) = (open_files(), rss_kib());
+    let (files1, rss1) = (open_files(), proc_status_kib("self", "VmRSS"));
     assert!(
         files1 <= files0 + 4,
         "open files {files0} after 5 cycles, {files1} after {CYCLES}"

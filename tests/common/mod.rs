@@ -108,6 +108,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `kB` field of `/proc/{pid}/status` (`pid` may be `self`): `VmRSS`, `VmHWM` (the peak).
+pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 /// The body of a `GET` as text (whatever its status).
 pub async fn get_text(url: &str) -> String {
     client()
