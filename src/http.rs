@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/live/{name}"),
     ("get", "/"),
     ("get", "/watch/{name}"),
+    ("get", "/player.js"),
     ("get", "/metrics"),
     ("get", "/api/v1/streams"),
     ("post", "/api/v1/streams"),
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/time", get(crate::output::dash::time))
         .route("/", get(crate::control::web::status))
         .route("/watch/{name}", get(crate::control::web::watch_page))
+        .route("/player.js", get(crate::control::web::player_js))
         .route("/metrics", get(crate::control::metrics::scrape))
         .merge(crate::control::api::router(state.clone()))
         .fallback(|| async { Error::not_found("no such route") })
@@ -147,11 +149,11 @@ pub async fn serve(
             match sniffed {
                 Ok(Ok(Sniffed::Watch {
                     name,
-                    token,
+                    query,
                     headers,
                 })) => {
                     drop(head);
-                    watch_raw(stream, &state, &name, token.as_deref(), &headers, info).await;
+                    watch_raw(stream, &state, &name, &query, &headers, info).await;
                     return;
                 }
                 Ok(Ok(Sniffed::Other)) => {}
@@ -195,10 +197,10 @@ pub async fn serve(
 /// What the first request head on a connection is.
 #[derive(Debug)]
 enum Sniffed {
-    /// A plain `GET /live/{name}[?token=KEY]` without a body: the raw fast path.
+    /// A plain `GET /live/{name}[?token=KEY&...]` without a body: the raw fast path.
     Watch {
         name: String,
-        token: Option<String>,
+        query: String,
         headers: HeaderMap,
     },
     /// Anything else, including watches with percent-encoding or odd framing: hyper and the router decide.
@@ -248,9 +250,11 @@ fn classify(buf: &[u8]) -> Option<Sniffed> {
 /// router would also take, a token without a separator in it).
 #[doc(hidden)]
 pub fn fuzz_classify(buf: &[u8]) {
-    if let Some(Sniffed::Watch { name, token, .. }) = classify(buf) {
+    if let Some(Sniffed::Watch { name, query, .. }) = classify(buf) {
         assert!(!name.contains(['%', '/', '?']), "{name:?}");
-        assert!(token.is_none_or(|t| !t.contains('&')), "token");
+        if let Ok(o) = progressive::WatchOptions::parse(query_pairs(&query)) {
+            assert!(o.token.is_none_or(|t| !t.contains('&')), "token");
+        }
     }
 }
 
@@ -282,17 +286,19 @@ fn watch_request(req: &httparse::Request<'_, '_>) -> Sniffed {
     if has_body || headers.contains_key(header::EXPECT) || progressive::is_relay(&headers) {
         return Sniffed::Other;
     }
-    // As the router's query map: the last one wins.
-    let token = query
-        .split('&')
-        .rev()
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(str::to_string);
     Sniffed::Watch {
         name: name.to_string(),
-        token,
+        query: query.to_string(),
         headers,
     }
+}
+
+/// A query's `key=value` pairs (without escapes: the fast path leaves those to the router).
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
 }
 
 /// Admits a raw-path watcher and serves it, or answers its error (JSON, as the router would) and closes.
@@ -300,11 +306,17 @@ async fn watch_raw(
     mut stream: TcpStream,
     state: &Arc<AppState>,
     name: &str,
-    token: Option<&str>,
+    query: &str,
     headers: &HeaderMap,
     info: ConnInfo,
 ) {
-    match progressive::admit(state, name, token, headers, Some(info.peer), info.kill).await {
+    let admitted = match progressive::WatchOptions::parse(query_pairs(query)) {
+        Ok(options) => {
+            progressive::admit(state, name, &options, headers, Some(info.peer), info.kill).await
+        }
+        Err(e) => Err(e),
+    };
+    match admitted {
         Ok(admitted) => progressive::serve_raw(stream, admitted, name).await,
         Err(e) => {
             let response = e.into_response();

@@ -126,7 +126,8 @@ if (!m) return null;
 const q = m.getVideoPlaybackQuality ? m.getVideoPlaybackQuality() : null;
 return {t: m.currentTime, w: m.videoWidth || 0, h: m.videoHeight || 0, frames: q ? q.totalVideoFrames : 0,
         buffered: m.buffered.length, error: m.error ? m.error.code + ' ' + m.error.message : null,
-        ready: m.readyState, events: window.__events || []};
+        ready: m.readyState, events: window.__events || [], player: m.transcast ? m.transcast.stats : null,
+        rate: m.playbackRate};
 "#;
 
 /// Opens `page` and waits (bounded) until the media element `selector` has played `advance` seconds.
@@ -224,9 +225,12 @@ async fn check(
     selector: &str,
     want: Want,
     advance: f64,
-) {
+) -> Value {
     match plays(client, &page, selector, want, advance).await {
-        Ok(v) => eprintln!("{browser} {case}: ok {v}"),
+        Ok(v) => {
+            eprintln!("{browser} {case}: ok {v}");
+            v
+        }
         Err(e) => {
             let dir = save_artifacts(client, &format!("{browser}-{case}"), &e).await;
             panic!(
@@ -256,7 +260,8 @@ async fn browser_cases(browser: &str) {
             async move { push(&url, data, false).await }
         });
         wait_live(&server, &name).await;
-        check(
+        // The watch page's low-latency player, from the start.
+        let v = check(
             &client,
             browser,
             &format!("{mode}-from-start"),
@@ -266,19 +271,25 @@ async fn browser_cases(browser: &str) {
             3.0,
         )
         .await;
+        at_the_live_edge(&client, browser, &format!("{mode}-from-start"), &v).await;
         let join_at = Duration::from_secs(5);
         tokio::time::sleep(join_at.saturating_sub(started.elapsed())).await;
         client.goto("about:blank").await.unwrap();
-        check(
+        // A plain `<video src>`, joining late: it must start at a keyframe.
+        let v = check(
             &client,
             browser,
             &format!("{mode}-late-joiner"),
-            format!("{base}/watch/{name}"),
+            format!("{base}/watch/{name}?player=plain"),
             "#player",
             video,
             3.0,
         )
         .await;
+        assert!(
+            v["player"].is_null(),
+            "{browser}: ?player=plain is plain: {v}"
+        );
         client.goto("about:blank").await.unwrap();
         let summary = pusher.await.unwrap().json;
         eprintln!("{browser} {mode} push: {summary}");
@@ -345,6 +356,20 @@ async fn browser_cases(browser: &str) {
     client.close().await.unwrap();
 }
 
+/// The low-latency player is playing through Media Source Extensions, at the live edge (no more media ahead of
+/// its playhead than its target plus its jump threshold: what it keeps by design, not a timing figure), and has
+/// not stalled since it started playing.
+async fn at_the_live_edge(client: &Client, browser: &str, case: &str, v: &Value) {
+    let p = &v["player"];
+    let ahead = p["buffer"].as_f64().unwrap_or(f64::MAX);
+    let ok = p["mode"] == "mse" && p["stalls"] == 0 && ahead <= 1.2;
+    if !ok {
+        let why = format!("player not at the live edge, or it stalled: {v}");
+        let dir = save_artifacts(client, &format!("{browser}-{case}-player"), &why).await;
+        panic!("{browser} {case}: {why} (artifacts in {})", dir.display());
+    }
+}
+
 /// The media element's state now (see [`PROBE`]).
 async fn media_state(client: &Client, selector: &str) -> Value {
     client
@@ -353,11 +378,11 @@ async fn media_state(client: &Client, selector: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Waits (bounded) until the element's `currentTime` passes `t`; fails on a media error.
-async fn advances_past(client: &Client, browser: &str, what: &str, t: f64) -> f64 {
+/// Waits (bounded) until the element `selector`'s `currentTime` passes `t`; fails on a media error.
+async fn advances_past(client: &Client, browser: &str, selector: &str, what: &str, t: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let v = media_state(client, "#player").await;
+        let v = media_state(client, selector).await;
         assert!(v["error"].is_null(), "{browser} {what}: media error {v}");
         let now = v["t"].as_f64().unwrap_or(0.0);
         if now > t {
@@ -366,7 +391,7 @@ async fn advances_past(client: &Client, browser: &str, what: &str, t: f64) -> f6
         if Instant::now() > deadline {
             let dir = save_artifacts(client, &format!("{browser}-failover-{what}"), what).await;
             panic!(
-                "{browser} {what}: currentTime stuck at {now} (wanted past {t}); {v}; artifacts in {}",
+                "{browser} {selector} {what}: currentTime stuck at {now} (wanted past {t}); {v}; artifacts in {}",
                 dir.display()
             );
         }
@@ -374,8 +399,20 @@ async fn advances_past(client: &Client, browser: &str, what: &str, t: f64) -> f6
     }
 }
 
+/// Someone else's page (another origin) that embeds the stream twice: a plain `<video src>`, and the low-latency
+/// player as its documentation says (one script, one element).
+fn embedding_page(origin: &str, name: &str) -> String {
+    format!(
+        r#"<!doctype html><meta charset="utf-8">
+<video id="plain" src="{origin}/live/{name}" muted autoplay playsinline width="320"></video>
+<video id="player" data-transcast="{origin}/live/{name}" muted autoplay playsinline width="320"></video>
+<script src="{origin}/player.js"></script>"#
+    )
+}
+
 /// A source (`first`: "ts" transcoded, "webm" passed through) killed mid-stream, then an MPEG-TS source pushed:
-/// the same `<video>` keeps playing through the slate and on with the new source, no error, no reload.
+/// a plain `<video>` and the low-latency player, on a page of another origin, keep playing through the slate and
+/// on with the new source, no error, no reload; the player is back at the live edge afterwards.
 async fn failover_case(client: &Client, browser: &str, first: &str) {
     let server = Server::start(|a| {
         a.pace = true;
@@ -386,11 +423,16 @@ async fn failover_case(client: &Client, browser: &str, first: &str) {
     // About real time, so the cut below falls mid-body: the source is lost, not finished.
     let feeding = losable_push(&server, &name, long_clip(first)).await;
     wait_live(&server, &name).await;
+    let page = embedding_page(&format!("http://{}", server.addr), &name);
+    let (port, _site) = static_server(vec![("/", "text/html", page.into_bytes())]).await;
     client
-        .goto(&format!("http://{}/watch/{name}", server.addr))
+        .goto(&format!("http://127.0.0.1:{port}/"))
         .await
         .unwrap();
-    let t_live = advances_past(client, browser, "source", 2.0).await;
+    let mut t_live = 0.0;
+    for el in ["#plain", "#player"] {
+        t_live = advances_past(client, browser, el, "source", 2.0).await;
+    }
     feeding.abort(); // the pushing task and its socket go away mid-body
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.state.registry.get(&name).map(|s| s.state())
@@ -402,12 +444,27 @@ async fn failover_case(client: &Client, browser: &str, first: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let t_slate = advances_past(client, browser, "slate", t_live + 3.0).await;
+    let mut t_slate = 0.0;
+    for el in ["#plain", "#player"] {
+        let t = media_state(client, el).await["t"].as_f64().unwrap_or(0.0);
+        t_slate = advances_past(client, browser, el, "slate", t + 3.0).await;
+    }
     let pusher = tokio::spawn({
         let url = server.url(&name);
         async move { push(&url, long_clip("ts"), false).await }
     });
-    let t_back = advances_past(client, browser, "resumed source", t_slate + 4.0).await;
+    let mut t_back = 0.0;
+    for el in ["#plain", "#player"] {
+        let t = media_state(client, el).await["t"].as_f64().unwrap_or(0.0);
+        t_back = advances_past(client, browser, el, "resumed source", t + 4.0).await;
+    }
+    let v = media_state(client, "#player").await;
+    assert!(v["error"].is_null(), "{browser}: {v}");
+    let ahead = v["player"]["buffer"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        v["player"]["mode"] == "mse" && ahead <= 1.2,
+        "{browser}: the player is back at the live edge after the failover: {v}"
+    );
     let s = server.state.registry.get(&name).unwrap();
     assert_eq!(s.state(), transcast::stream::State::Live);
     assert_eq!(

@@ -67,7 +67,7 @@ fn page(title: &str, body: &str, script: &str) -> Response {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{}</title><style>{STYLE}</style></head><body>\
          <header><h1><a href=\"/\">transcast</a></h1><span class=\"sub\">live streams as WebM</span></header>\
-         {body}<script>{script}</script></body></html>",
+         {body}<script src=\"/player.js\"></script><script>{script}</script></body></html>",
         esc(title)
     );
     (
@@ -105,16 +105,29 @@ fn uptime(started: SystemTime) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn media_tag(name: &str, info: &StreamInfo, controls: bool) -> String {
+/// A stream's media element: played by `/player.js` (`data-transcast`), or by the element itself (`src`) when
+/// `plain` is asked for, and always without JavaScript (`<noscript>`).
+fn media_tag(name: &str, info: &StreamInfo, controls: bool, plain: bool) -> String {
     let src = format!("/live/{}", esc(name));
     let c = if controls { " controls" } else { "" };
-    if info.output.content_type == Some("audio/webm") {
-        // Audio has no picture: always give it controls, and something to look at.
-        format!(
-            "<div class=\"audio\"><span class=\"note\">♪</span><audio src=\"{src}\" autoplay controls></audio></div>"
-        )
+    let (tag, attrs) = if info.output.content_type == Some("audio/webm") {
+        // Audio has no picture: always give it controls.
+        ("audio", " autoplay controls".to_string())
     } else {
-        format!("<video src=\"{src}\" autoplay muted playsinline{c}></video>")
+        ("video", format!(" autoplay muted playsinline{c}"))
+    };
+    let element = if plain {
+        format!("<{tag} src=\"{src}\"{attrs}></{tag}>")
+    } else {
+        format!(
+            "<{tag} data-transcast=\"{src}\"{attrs}></{tag}><noscript><{tag} src=\"{src}\"{attrs}></{tag}></noscript>"
+        )
+    };
+    if tag == "audio" {
+        // And something to look at.
+        format!("<div class=\"audio\"><span class=\"note\">♪</span>{element}</div>")
+    } else {
+        element
     }
 }
 
@@ -155,7 +168,7 @@ fn card(info: &StreamInfo, started: SystemTime) -> String {
          <dt>uptime</dt><dd data-f=\"uptime\">{up}</dd>\
          <dt>links</dt><dd><a href=\"/live/{name}\">live WebM</a> · \
          <a href=\"/live/{name}/manifest.mpd\">DASH</a></dd></dl></div></article>",
-        player = media_tag(&info.name, info, false),
+        player = media_tag(&info.name, info, false, false),
         state = state_text(info.state, info.failovers),
         cin = esc(&info.input.codecs.join("+")),
         cout = esc(&info.output.codecs.join("+")),
@@ -234,10 +247,16 @@ for (const ev of ['loadedmetadata', 'playing', 'waiting', 'stalled', 'error', 'e
   m.addEventListener(ev, () => window.__events.push(ev + '@' + m.currentTime.toFixed(2) + (m.error ? ' code ' + m.error.code + ' ' + m.error.message : '')));
 }
 const stats = document.getElementById('stats');
+const sec = v => v == null ? '–' : v.toFixed(2) + ' s';
 setInterval(() => {
   const q = m.getVideoPlaybackQuality ? m.getVideoPlaybackQuality() : null;
+  const p = m.transcast ? m.transcast.stats : null;
   stats.textContent = 'time ' + m.currentTime.toFixed(1) + ' s' + (m.videoWidth ? ' · ' + m.videoWidth + '×' + m.videoHeight : '') +
-    (q ? ' · ' + q.totalVideoFrames + ' frames, ' + q.droppedVideoFrames + ' dropped' : '');
+    (q ? ' · ' + q.totalVideoFrames + ' frames, ' + q.droppedVideoFrames + ' dropped' : '') +
+    (p && p.mode === 'mse' ? ' · low-latency player: ' + sec(p.behind) + ' behind live, buffer ' + sec(p.buffer) +
+      ', rate ' + m.playbackRate.toFixed(2) + ', ' + p.stalls + ' stalls, ' + p.jumps + ' jumps, ' +
+      p.reconnects + ' reconnects' + (p.state !== 'playing' ? ' (' + p.state + (p.error ? ': ' + p.error : '') + ')' : '')
+     : p ? ' · plain player' + (p.error ? ' (' + p.error + ')' : '') : ' · plain player');
 }, 500);
 "#;
 
@@ -260,18 +279,55 @@ pub async fn watch_page(
     } else {
         ""
     };
-    let tag = media_tag(&name, &info, true)
+    let plain = query.get("player").is_some_and(|v| v == "plain");
+    let tag = media_tag(&name, &info, true, plain)
         .replacen("<video ", "<video id=\"player\" ", 1)
         .replacen("<audio ", &format!("<audio id=\"player\"{muted} "), 1);
     let (mode, res) = (info.mode.as_str(), resolution(&info));
     let body = format!(
         "<main class=\"watch\"><h2>{n}</h2><p class=\"info\">{mode} · {cin} → {cout} · {res}</p>{tag}\
          <div class=\"stats\" id=\"stats\"></div>\
-         <p class=\"stats\">Direct link for players: <a href=\"/live/{n}\">/live/{n}</a> (lowest latency) · \
-         DASH for caches and CDNs: <a href=\"/live/{n}/manifest.mpd\">/live/{n}/manifest.mpd</a></p></main>",
+         <p class=\"stats\">Direct link for players: <a href=\"/live/{n}\">/live/{n}</a> · \
+         DASH for caches and CDNs: <a href=\"/live/{n}/manifest.mpd\">/live/{n}/manifest.mpd</a> · \
+         {other}</p></main>",
+        other = if plain {
+            format!("<a href=\"/watch/{}\">low-latency player</a>", esc(&name))
+        } else {
+            format!(
+                "<a href=\"/watch/{}?player=plain\">plain &lt;video&gt;</a>",
+                esc(&name)
+            )
+        },
         n = esc(&name),
         cin = esc(&info.input.codecs.join("+")),
         cout = esc(&info.output.codecs.join("+")),
     );
     Ok(page(&name, &body, WATCH_JS))
+}
+
+/// The low-latency player (plain JavaScript; how to embed it is at its top and in the API guide).
+const PLAYER_JS: &str = include_str!("player.js");
+
+/// `GET /player.js`. With `--cors-origin`'s header, though a `<script>` needs none: a page that fetches it may.
+pub async fn player_js(State(app): State<Arc<AppState>>) -> Response {
+    let mut response = (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            ),
+        ],
+        PLAYER_JS,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&app.config.cors_origin) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    response
 }

@@ -24,6 +24,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
+use clap::ValueEnum;
+
+use crate::config::JoinMode;
 use crate::control::auth;
 use crate::error::{Error, Kind, Result};
 use crate::output::fanout::MAX_IOVECS;
@@ -48,16 +51,63 @@ pub struct Admitted {
     pub cors_origin: String,
 }
 
+/// What a watch asks for in its query besides the stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// `?token=`: a view key.
+    pub token: Option<String>,
+    /// `?format=tracks`: the tracks apart, in records (what `/player.js` reads; [`crate::stream::tracks`]).
+    pub split: bool,
+    /// `?join=gop|live`: where this reader starts, instead of `--join`.
+    pub join: Option<JoinMode>,
+}
+
+impl WatchOptions {
+    /// From a query's pairs (the last of a key wins, as the router's map); unknown values are refused.
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<WatchOptions> {
+        let mut o = WatchOptions::default();
+        for (k, v) in pairs {
+            match k {
+                "token" => o.token = Some(v.to_string()),
+                "format" => {
+                    o.split = match v {
+                        "webm" => false,
+                        crate::stream::tracks::FORMAT => true,
+                        _ => {
+                            return Err(Error::bad_request(format!(
+                                "unknown format '{v}': webm (the default) or {}",
+                                crate::stream::tracks::FORMAT
+                            )));
+                        }
+                    }
+                }
+                "join" => {
+                    o.join = Some(JoinMode::from_str(v, true).map_err(|_| {
+                        Error::bad_request(format!("unknown join '{v}': gop or live"))
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
+    pub fn from_map(query: &HashMap<String, String>) -> Result<WatchOptions> {
+        WatchOptions::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
 /// Everything a watch request is checked for, shared by the raw fast path ([`serve_raw`]) and the axum handler:
 /// name, view authorisation, the stream, the client limit, and the header wait.
 pub async fn admit(
     app: &Arc<AppState>,
     name: &str,
-    token: Option<&str>,
+    options: &WatchOptions,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     kill: CancellationToken,
 ) -> Result<Admitted> {
+    let token = options.token.as_deref();
     let entry = find_or_pull(app, name, token, headers, peer).await?;
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
         Error::unavailable(format!(
@@ -65,19 +115,26 @@ pub async fn admit(
             app.config.max_clients
         ))
     })?;
-    let sub = entry
-        .hub
-        .subscribe(peer, kill, HEADER_WAIT)
+    // The split hub has its header before the stream's: waiting on the stream's waits for both.
+    let hub = match (&entry.hub.split, options.split) {
+        (Some(split), true) => {
+            entry
+                .hub
+                .wait_header(HEADER_WAIT)
+                .await
+                .map_err(|e| no_header(name, e))?;
+            split
+        }
+        _ => &entry.hub,
+    };
+    let join = options.join.unwrap_or(app.config.join);
+    let sub = hub
+        .subscribe_as(join, peer, kill, HEADER_WAIT)
         .await
-        .map_err(|e| match e {
-            SubscribeError::Ended => {
-                Error::not_found(format!("stream '{name}' ended before it produced media"))
-            }
-            SubscribeError::Timeout => {
-                Error::unavailable(format!("stream '{name}' has produced no media yet"))
-            }
-        })?;
-    let content_type = if sub.has_video() {
+        .map_err(|e| no_header(name, e))?;
+    let content_type = if options.split {
+        crate::stream::tracks::CONTENT_TYPE
+    } else if sub.has_video() {
         "video/webm"
     } else {
         "audio/webm"
@@ -88,6 +145,17 @@ pub async fn admit(
         content_type,
         cors_origin: app.config.cors_origin.clone(),
     })
+}
+
+fn no_header(name: &str, e: SubscribeError) -> Error {
+    match e {
+        SubscribeError::Ended => {
+            Error::not_found(format!("stream '{name}' ended before it produced media"))
+        }
+        SubscribeError::Timeout => {
+            Error::unavailable(format!("stream '{name}' has produced no media yet"))
+        }
+    }
 }
 
 /// The stream a watch names, after the name and view checks (an edge with an origin key asks its origin
@@ -273,24 +341,20 @@ fn find(
 fn head(
     app: &AppState,
     name: &str,
-    query: &HashMap<String, String>,
+    options: &WatchOptions,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Response> {
-    let stream = find(
-        app,
-        name,
-        query.get("token").map(String::as_str),
-        headers,
-        peer,
-    )?;
+    let stream = find(app, name, options.token.as_deref(), headers, peer)?;
     let tracks = stream.hub.tracks();
     if tracks.is_empty() {
         return Err(Error::unavailable(format!(
             "stream '{name}' has produced no media yet"
         )));
     }
-    let content_type = if tracks.iter().any(|t| t.kind == TrackKind::Video) {
+    let content_type = if options.split {
+        crate::stream::tracks::CONTENT_TYPE
+    } else if tracks.iter().any(|t| t.kind == TrackKind::Video) {
         "video/webm"
     } else {
         "audio/webm"
@@ -331,23 +395,16 @@ pub async fn watch(
         Some(axum::Extension(c)) => (Some(c.peer), c.kill),
         None => (None, app.shutdown.child_token()),
     };
+    let options = WatchOptions::from_map(&query)?;
     if method == Method::HEAD {
-        return head(&app, &name, &query, &headers, peer);
+        return head(&app, &name, &options, &headers, peer);
     }
     let Admitted {
         mut sub,
         permit,
         content_type,
         cors_origin,
-    } = admit(
-        &app,
-        &name,
-        query.get("token").map(String::as_str),
-        &headers,
-        peer,
-        kill,
-    )
-    .await?;
+    } = admit(&app, &name, &options, &headers, peer, kill).await?;
     let mut response = watch_response(content_type, &cors_origin);
     if is_relay(&headers) {
         // Relays come this way (the accept loop leaves them to hyper): their response is chunked, so an edge

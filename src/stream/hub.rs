@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::JoinMode;
 use crate::stream::segments::{SegmentConfig, Segments};
+use crate::stream::tracks::Splitter;
 use crate::stream::webm::{self, Chunk, TrackInfo, TrackKind};
 
 /// Ring cap per stream: about 20 s of an 8 Mbit/s stream, so skipping readers and joiners always find a
@@ -168,9 +169,13 @@ pub struct Hub {
     epoch: Instant,
     /// Caught-up raw watchers, written directly by the fan-out threads (`output::fanout`).
     shards: Vec<Shard>,
-    pub stats: HubStats,
+    /// Shared with the split hub, so its readers count as the stream's.
+    pub stats: Arc<HubStats>,
     /// The stream's DASH segments, cut from what is published here.
     pub segments: Segments,
+    /// The same stream with its tracks apart, for the low-latency player ([`crate::stream::tracks`]); `None` in
+    /// the split hub itself.
+    pub split: Option<Arc<Hub>>,
 }
 
 #[derive(Debug)]
@@ -248,6 +253,17 @@ pub struct Snapshot {
 
 impl Hub {
     pub fn new(name: &str, cfg: HubConfig) -> Arc<Hub> {
+        let stats = Arc::new(HubStats::default());
+        let split = Hub::build(name, cfg.clone(), stats.clone(), None);
+        Hub::build(name, cfg, stats, Some(split))
+    }
+
+    fn build(
+        name: &str,
+        cfg: HubConfig,
+        stats: Arc<HubStats>,
+        split: Option<Arc<Hub>>,
+    ) -> Arc<Hub> {
         let segments = Segments::new(cfg.segments);
         Arc::new(Hub {
             name: name.to_string(),
@@ -260,8 +276,9 @@ impl Hub {
             published: AtomicU64::new(0),
             epoch: Instant::now(),
             shards: (0..shard_count()).map(|_| Shard::default()).collect(),
-            stats: HubStats::default(),
+            stats,
             segments,
+            split,
         })
     }
 
@@ -352,7 +369,7 @@ impl Hub {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn publish_header(&self, data: Bytes, tracks: Vec<TrackInfo>) {
+    pub(crate) fn publish_header(&self, data: Bytes, tracks: Vec<TrackInfo>) {
         {
             let mut inner = self.inner.lock().unwrap();
             inner.video_track = tracks
@@ -385,8 +402,10 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.dirty.swap(false, Ordering::AcqRel) {
-                self.head_tx.send_replace(());
+            for hub in std::iter::once(&self).chain(&self.split) {
+                if hub.dirty.swap(false, Ordering::AcqRel) {
+                    hub.head_tx.send_replace(());
+                }
             }
             if self.is_ended() && self.client_count() == 0 {
                 break;
@@ -394,7 +413,7 @@ impl Hub {
         }
     }
 
-    fn publish_chunk(&self, chunk: Chunk) {
+    pub(crate) fn publish_chunk(&self, chunk: Chunk) {
         let now = Instant::now();
         let len = chunk.data.len();
         {
@@ -439,22 +458,62 @@ impl Hub {
                 inner.joins.pop_front();
             }
         }
-        self.stats
-            .bytes_published
-            .fetch_add(len as u64, Ordering::Relaxed);
+        if self.split.is_some() {
+            // The split hub republishes the same media: counted once, here.
+            self.stats
+                .bytes_published
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
         self.wake_readers();
     }
 
     /// Marks the end of the stream: readers get what is left, then a clean end of their response.
     pub fn finish(&self) {
         self.segments.finish();
+        if let Some(split) = &self.split {
+            split.finish();
+        }
         self.inner.lock().unwrap().ended = true;
         self.head_tx.send_replace(());
     }
 
-    /// Starts a reader: waits (up to `wait`) for the header, then positions it per the join mode.
+    /// Starts a reader: waits (up to `wait`) for the header, then positions it per the hub's join mode.
     pub async fn subscribe(
         self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+        kill: CancellationToken,
+        wait: Duration,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_as(self.cfg.join, peer, kill, wait).await
+    }
+
+    /// Waits (up to `wait`) until the stream has its header.
+    pub async fn wait_header(&self, wait: Duration) -> Result<(), SubscribeError> {
+        let mut rx = self.head_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            {
+                let inner = self.inner.lock().unwrap();
+                if inner.header.is_some() {
+                    return Ok(());
+                }
+                if inner.ended {
+                    return Err(SubscribeError::Ended);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SubscribeError::Ended),
+                Err(_) => return Err(SubscribeError::Timeout),
+            }
+        }
+    }
+
+    /// [`Hub::subscribe`] with the reader's own join mode (a watch's `?join=`).
+    pub async fn subscribe_as(
+        self: &Arc<Self>,
+        join: JoinMode,
         peer: Option<SocketAddr>,
         kill: CancellationToken,
         wait: Duration,
@@ -485,7 +544,7 @@ impl Hub {
         let (cursor, has_video, header) = {
             let inner = self.inner.lock().unwrap();
             let head = inner.head();
-            let cursor = match (self.cfg.join, inner.joins.back()) {
+            let cursor = match (join, inner.joins.back()) {
                 _ if from_start => Cursor::WaitJoin {
                     after: inner.base,
                     earliest: true,
@@ -565,8 +624,20 @@ impl Hub {
         late.len()
     }
 
+    /// The header and every chunk in the ring, as one byte string.
+    #[cfg(test)]
+    pub(crate) fn test_bytes(&self) -> Vec<u8> {
+        let inner = self.inner.lock().unwrap();
+        let mut out = inner.header.as_deref().unwrap_or_default().to_vec();
+        for slot in &inner.ring {
+            out.extend_from_slice(&slot.data);
+        }
+        out
+    }
+
+    /// Readers now, the split hub's included.
     pub fn client_count(&self) -> usize {
-        self.clients.lock().unwrap().len()
+        self.clients.lock().unwrap().len() + self.split.as_ref().map_or(0, |s| s.client_count())
     }
 
     /// Runs the reaper until the stream has ended and its last reader is gone.
@@ -579,6 +650,9 @@ impl Hub {
                 break;
             }
             self.reap();
+            if let Some(split) = &self.split {
+                split.reap();
+            }
         }
     }
 }
@@ -588,11 +662,13 @@ impl Hub {
 pub struct Publisher {
     hub: Arc<Hub>,
     scanner: webm::Scanner,
+    splitter: Option<Splitter>,
 }
 
 impl Publisher {
     pub fn new(hub: Arc<Hub>) -> Self {
         Publisher {
+            splitter: hub.split.clone().map(Splitter::new),
             hub,
             scanner: webm::Scanner::new(),
         }
@@ -600,13 +676,21 @@ impl Publisher {
 
     pub fn push(&mut self, data: &[u8]) -> Result<(), webm::ScanError> {
         let hub = &self.hub;
+        let splitter = &mut self.splitter;
         self.scanner.push(data, |ev| match ev {
             webm::Event::Header { data, tracks } => {
                 hub.segments.on_header(&data, &tracks);
+                // Split first: whoever sees the stream's header finds the split hub's too.
+                if let Some(s) = splitter.as_mut() {
+                    s.on_header(&data, &tracks);
+                }
                 hub.publish_header(data, tracks)
             }
             webm::Event::Chunk(c) => {
                 hub.segments.on_chunk(&c);
+                if let Some(s) = splitter.as_mut() {
+                    s.on_chunk(&c);
+                }
                 hub.publish_chunk(c)
             }
         })

@@ -31,11 +31,12 @@ pub mod registry;
 pub mod rtp;
 pub mod segments;
 pub mod slate;
+pub mod tracks;
 pub mod webm;
 pub mod writer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -265,6 +266,9 @@ pub struct Stream {
     inner: Mutex<Inner>,
     state: watch::Sender<State>,
     next_source: AtomicU64,
+    /// Unix time (µs) of stream time 0 as the on-air source delivers it: the least (arrival − stream time) of its
+    /// buffers so far. A viewer's delay behind the source is now − this − its playhead.
+    media_zero_us: AtomicI64,
 }
 
 impl Stream {
@@ -291,6 +295,7 @@ impl Stream {
             }),
             state: watch::Sender::new(State::Starting),
             next_source: AtomicU64::new(1),
+            media_zero_us: AtomicI64::new(i64::MAX),
         })
     }
 
@@ -643,6 +648,8 @@ impl Stream {
         }
         track.last_pts = Some(out);
         track.end = track.end.max(out + duration);
+        self.media_zero_us
+            .fetch_min(unix_us() - (out / 1000) as i64, Ordering::Relaxed);
         Stamp::Deliver(buffer, out)
     }
 
@@ -675,8 +682,16 @@ impl Stream {
         }
     }
 
+    /// Unix time (ms) at which the on-air source delivered (or would have) stream time 0; `None` before a
+    /// source was on air.
+    pub fn media_zero_unix_ms(&self) -> Option<f64> {
+        let us = self.media_zero_us.load(Ordering::Relaxed);
+        (us != i64::MAX).then_some(us as f64 / 1000.0)
+    }
+
     /// A source went on air: the stream is live, and a switch is a keyframe for every encoded track.
     fn go_on_air(&self, inner: &mut Inner) {
+        self.media_zero_us.store(i64::MAX, Ordering::Relaxed);
         match self.state() {
             State::Fallback => {
                 self.counters.resumes.fetch_add(1, Ordering::Relaxed);
@@ -961,6 +976,12 @@ fn output_event(msg: Option<&gst::Message>, name: &str) -> Option<OutputEvent> {
         }
         _ => None,
     }
+}
+
+fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 struct FinishOnDrop(Arc<Hub>);

@@ -31,7 +31,6 @@ const MAX_SEGMENT_MS: i64 = 30_000;
 const KEEP_EXTRA: usize = 0;
 const ID_CLUSTER: u32 = 0x1F43_B675;
 const ID_TIMECODE: u32 = 0xE7;
-const ID_SIMPLE_BLOCK: u32 = 0xA3;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentConfig {
@@ -401,12 +400,7 @@ fn cluster(track: u64, start_ms: i64, blocks: &[Block]) -> Bytes {
     let mut body = build::uint(ID_TIMECODE, start_ms.max(0) as u64);
     for b in blocks {
         let rel = (b.pts_ms - start_ms).clamp(0, i64::from(i16::MAX)) as i16;
-        let mut payload = Vec::with_capacity(b.frame.len() + 4);
-        payload.push(0x80 | (track as u8 & 0x7F));
-        payload.extend(rel.to_be_bytes());
-        payload.push(b.flags);
-        payload.extend_from_slice(&b.frame);
-        body.extend(build::element(ID_SIMPLE_BLOCK, &payload));
+        body.extend(build::simple_block(track, rel, b.flags, &b.frame));
     }
     Bytes::from(build::element(ID_CLUSTER, &body))
 }

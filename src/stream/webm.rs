@@ -532,6 +532,17 @@ pub mod build {
         element(id, &v.to_be_bytes())
     }
 
+    /// A SimpleBlock of track `track` (below 127), `rel` milliseconds after its cluster's timecode, with the
+    /// given flags byte and frame (lace headers included, as the flags say).
+    pub fn simple_block(track: u64, rel: i16, flags: u8, frame: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(frame.len() + 4);
+        payload.push(0x80 | (track as u8 & 0x7F));
+        payload.extend(rel.to_be_bytes());
+        payload.push(flags);
+        payload.extend_from_slice(frame);
+        element(super::ID_SIMPLE_BLOCK, &payload)
+    }
+
     pub fn string(id: u32, v: &str) -> Vec<u8> {
         element(id, v.as_bytes())
     }

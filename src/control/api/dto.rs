@@ -34,6 +34,10 @@ pub struct StreamInfo {
     pub dash: DashInfo,
     /// Media seconds produced per wall-clock second over the last second (transcodes only).
     pub encoder_realtime_factor: Option<f64>,
+    /// Unix time (ms, fractional) at which the current source delivered stream time 0: a player's delay behind
+    /// the source is now − this − its playhead (`currentTime` × 1000). Absent before a source was on air; kept
+    /// from the last source while on the fallback.
+    pub media_zero_unix_ms: Option<f64>,
     pub frames_dropped: u64,
     pub rtp_targets: Vec<String>,
     /// The pull that feeds the stream, if it is pulled.

@@ -140,6 +140,7 @@ pub fn stream_info(e: &Stream) -> StreamInfo {
         encoder_realtime_factor: rates
             .realtime_factor
             .filter(|_| mode == crate::stream::Mode::Transcode),
+        media_zero_unix_ms: e.media_zero_unix_ms(),
         frames_dropped: e.frames_dropped(),
         rtp_targets: e.rtp().targets().iter().map(ToString::to_string).collect(),
         pull: None,
