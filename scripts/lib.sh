@@ -42,6 +42,17 @@ ensure_rust_tools() {
   fi
 }
 
+# Real browsers driven over WebDriver (tests/browsers.rs, scripts/bench.sh --player): Debian's Firefox ESR and
+# Chromium with its driver, and geckodriver from crates.io.
+ensure_browsers() {
+  ensure_packages firefox-esr chromium chromium-driver
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v geckodriver >/dev/null; then
+    echo "==> cargo install geckodriver (about 2 minutes)"
+    cargo install --locked geckodriver
+  fi
+}
+
 # For the benchmark scripts: runtime packages, a raised open-file limit (for this shell and what it starts), and
 # a release build.
 prepare_release_bench() {

@@ -18,14 +18,10 @@ TEST_PACKAGES=(
   gir1.2-gst-rtsp-server-1.0
   # A cache in front of the DASH segments (tests/dash.rs runs scripts/nginx-cache.conf).
   nginx
-  # Real browsers for tests/browsers.rs, driven over WebDriver.
-  firefox-esr
-  chromium
-  chromium-driver
 )
 ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_rust_tools
-export PATH="$HOME/.cargo/bin:$PATH"
+ensure_browsers
 # dash.js and Shaka Player from the npm registry (pinned), for the DASH case of tests/browsers.rs, which serves
 # them from target/js: installed here, never while the tests run.
 command -v npm >/dev/null || ensure_packages nodejs npm
@@ -36,10 +32,6 @@ for pkg in dashjs@5.2.1 shaka-player@5.2.12; do
     npm install --prefix target/js --no-save --no-audit --no-fund --ignore-scripts dashjs@5.2.1 shaka-player@5.2.12
   fi
 done
-if ! command -v geckodriver >/dev/null; then
-  echo "==> cargo install geckodriver (about 2 minutes)"
-  cargo install --locked geckodriver
-fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

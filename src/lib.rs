@@ -21,9 +21,11 @@
 //!   `stream::attach` what a stream knows of its source; `stream::writer` the live WebM writer (blocks in
 //!   arrival order); `stream::webm` the WebM scanner and builders; `stream::hub` the ring of chunks, join
 //!   points, reader cursors, skip and reap; `stream::segments` the DASH segments cut from what the hub
-//!   publishes (one init and one Cluster per track and segment); `stream::registry` name → stream, 503 on too
-//!   many.
-//! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`; on an edge it starts
+//!   publishes (one init and one Cluster per track and segment); `stream::tracks` the stream with its tracks
+//!   apart (each its own WebM, in records, through a hub of its own) for the low-latency player;
+//!   `stream::registry` name → stream, 503 on too many.
+//! - [`output`]: what reads a hub: `output::progressive` (`GET`/`HEAD /live/{name}`, `?format=tracks` from the
+//!   split hub, `?join=`; on an edge it starts
 //!   the name's pull and checks viewer keys with the origin), `output::dash` (the manifest, init and media
 //!   segments, `/time`, with cache headers) and `output::fanout` (one pool of threads for the process, writing
 //!   to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the
@@ -32,7 +34,8 @@
 //! - [`state`]: what every handler shares (`AppState`: config, registry, limits, tokens, pulls; the stream
 //!   factory) and what the accept loop tells a handler of its connection (`ConnInfo`).
 //! - [`control`]: `control::app` (startup, the server task, shutdown), `control::api` (`/api/v1`,
-//!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web`.
+//!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web` (the status and watch pages, and
+//!   `/player.js`, the low-latency player: `control/player.js`, plain JavaScript served as it is).
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
 //!   connection whose first request is a watch skips hyper); error kind → HTTP status and the JSON error body.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with; the

@@ -347,6 +347,7 @@ async fn browser_cases(browser: &str) {
     pusher.await.unwrap();
 
     dash_case(&client, browser).await;
+    reconnect_case(&client, browser).await;
     failover_case(&client, browser, "ts").await;
     if browser == "chromium" {
         // Chromium refuses a stream that changes under it: a passthrough VP8 stream whose source returns as
@@ -408,6 +409,69 @@ fn embedding_page(origin: &str, name: &str) -> String {
 <video id="player" data-transcast="{origin}/live/{name}" muted autoplay playsinline width="320"></video>
 <script src="{origin}/player.js"></script>"#
     )
+}
+
+/// Without Media Source Extensions the player lets the element play the stream itself; with them, when the stream
+/// it plays ends (aborted through the API) it reconnects, waits out the 404s, and plays the next stream of the
+/// same name, without a page reload.
+async fn reconnect_case(client: &Client, browser: &str) {
+    let server = Server::start(|a| a.pace = true).await;
+    let name = format!("{browser}-reconnect");
+    let origin = format!("http://{}", server.addr);
+    let pusher = tokio::spawn({
+        let (url, data) = (server.url(&name), long_clip("webm"));
+        async move { push(&url, data, false).await }
+    });
+    wait_live(&server, &name).await;
+    let no_mse = format!(
+        "<!doctype html><script>window.MediaSource = undefined;</script>{}",
+        embedding_page(&origin, &name)
+    );
+    let (port, _site) = static_server(vec![
+        ("/", "text/html", embedding_page(&origin, &name).into_bytes()),
+        ("/no-mse", "text/html", no_mse.into_bytes()),
+    ])
+    .await;
+    let site = format!("http://127.0.0.1:{port}");
+    let video = Want::Video {
+        width: 320,
+        height: 240,
+    };
+    let v = check(client, browser, "no-mse", format!("{site}/no-mse"), "#player", video, 1.0).await;
+    assert_eq!(v["player"]["mode"], "plain", "{browser}: without MSE the element plays itself: {v}");
+    check(client, browser, "before-reconnect", format!("{site}/"), "#player", video, 1.0).await;
+    server.state.registry.get(&name).unwrap().abort.cancel();
+    server.wait_gone(&name).await;
+    pusher.abort();
+    // The player is retrying; the next stream of the name starts its clock again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pusher = tokio::spawn({
+        let (url, data) = (server.url(&name), long_clip("webm"));
+        async move { push(&url, data, false).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen: Option<f64> = None;
+    loop {
+        let v = media_state(client, "#player").await;
+        let p = &v["player"];
+        let back = p["reconnects"].as_u64() >= Some(1) && p["state"] == "playing" && v["error"].is_null();
+        let t = v["t"].as_f64().unwrap_or(0.0);
+        match seen {
+            Some(t0) if back && t - t0 >= 1.0 => {
+                eprintln!("{browser} reconnect: ok {v}");
+                break;
+            }
+            None if back => seen = Some(t),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            let dir = save_artifacts(client, &format!("{browser}-reconnect"), &v.to_string()).await;
+            panic!("{browser}: the player did not play the next stream: {v} (artifacts in {})", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.goto("about:blank").await.unwrap();
+    pusher.abort();
 }
 
 /// A source (`first`: "ts" transcoded, "webm" passed through) killed mid-stream, then an MPEG-TS source pushed:
@@ -637,4 +701,190 @@ async fn firefox_plays_live_webm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_live_webm() {
     browser_cases("chromium").await;
+}
+
+/// A live source as an encoder sends it: `gst-launch-1.0` encodes test pictures and sound as they are captured
+/// (`is-live`), and its output is pushed as it comes, one HTTP chunk per read of its stdout.
+async fn live_source(server: &Server, name: &str, mode: &str) -> (tokio::process::Child, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let v = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 ! timeoverlay";
+    let a = "audiotestsrc is-live=true wave=ticks ! audio/x-raw,rate=48000,channels=2";
+    let line = match mode {
+        "passthrough" => format!(
+            "{v} ! vp8enc deadline=1 keyframe-max-dist=60 target-bitrate=1000000 ! webmmux streamable=true name=m \
+             ! fdsink fd=1 {a} ! opusenc ! m."
+        ),
+        _ => format!(
+            "{v} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=60 ! h264parse ! mpegtsmux name=m \
+             ! fdsink fd=1 {a} ! avenc_aac ! aacparse ! m."
+        ),
+    };
+    let mut child = tokio::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(line.split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gst-launch-1.0 runs");
+    let mut out = child.stdout.take().unwrap();
+    let mut sock = raw_push(server, name).await;
+    let forward = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = out.read(&mut buf).await {
+            if n == 0 || try_send_chunk(&mut sock, &buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    (child, forward)
+}
+
+/// What a sample of a player says: delay behind the source (ms; None where the browser's `currentTime` is not the
+/// stream's time), media held ahead of the playhead (s), and the player's counters.
+const SAMPLE: &str = r#"
+const m = document.querySelector('#player');
+const b = m.buffered;
+const p = m.transcast ? m.transcast.stats : null;
+return {now: Date.now(), t: m.currentTime, ahead: b.length ? b.end(b.length - 1) - m.currentTime : null,
+        waiting: (window.__events || []).filter(e => e.startsWith('waiting')).length,
+        playing: !m.paused && m.readyState >= 3, player: p, rate: m.playbackRate};
+"#;
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// One player watching one live stream for `seconds`: samples every 250 ms after a 5 s warm-up.
+async fn measure_player(
+    client: &Client,
+    server: &Server,
+    browser: &str,
+    mode: &str,
+    player: &str,
+    seconds: u64,
+) -> Value {
+    let name = format!("{browser}-{mode}-{player}");
+    let (mut gst, forward) = live_source(server, &name, mode).await;
+    wait_live(server, &name).await;
+    let query = if player == "plain" { "?player=plain" } else { "" };
+    client
+        .goto(&format!("http://{}/watch/{name}{query}", server.addr))
+        .await
+        .unwrap();
+    let stream = server.state.registry.get(&name).unwrap();
+    let warm = Instant::now() + Duration::from_secs(5);
+    let end = warm + Duration::from_secs(seconds);
+    let (mut delay, mut ahead, mut rate) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut first, mut last) = (Value::Null, Value::Null);
+    // Firefox starts a plain `<video>`'s clock at 0 for a joiner: its delay is not known from `currentTime`.
+    let timeline = player == "mse" || browser == "chromium";
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = client.execute(SAMPLE, vec![]).await.unwrap();
+        if Instant::now() < warm {
+            continue;
+        }
+        if first.is_null() {
+            first = s.clone();
+        }
+        if let (Some(zero), Some(now), Some(t)) = (
+            stream.media_zero_unix_ms(),
+            s["now"].as_f64(),
+            s["t"].as_f64(),
+        ) && timeline
+            && s["playing"] == true
+        {
+            delay.push(now - zero - t * 1000.0);
+        }
+        if let Some(a) = s["ahead"].as_f64() {
+            ahead.push(a * 1000.0);
+        }
+        rate.push(s["rate"].as_f64().unwrap_or(f64::NAN));
+        last = s;
+    }
+    client.goto("about:blank").await.unwrap();
+    let _ = gst.kill().await;
+    forward.abort();
+    let count = |k: &str| {
+        last["player"][k].as_u64().unwrap_or(0) as i64 - first["player"][k].as_u64().unwrap_or(0) as i64
+    };
+    let waits = last["waiting"].as_i64().unwrap_or(0) - first["waiting"].as_i64().unwrap_or(0);
+    json!({
+        "browser": browser, "mode": mode, "player": player, "seconds": seconds,
+        "delay_ms": {"p50": pct(&mut delay, 0.5), "p95": pct(&mut delay, 0.95), "samples": delay.len()},
+        "ahead_ms": {"p50": pct(&mut ahead, 0.5), "p95": pct(&mut ahead, 0.95)},
+        "rate": {"min": pct(&mut rate, 0.0), "p50": pct(&mut rate, 0.5), "max": pct(&mut rate, 1.0)},
+        "stalls": waits,
+        "rate_changes": count("rateChanges"),
+        "jumps": count("jumps"),
+        "reconnects": count("reconnects"),
+        "advanced_s": last["t"].as_f64().unwrap_or(0.0) - first["t"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// Benchmark (`scripts/bench.sh --player`, not CI): how far behind a live source each browser shows it, with the
+/// low-latency player and with a plain `<video src>`, for a passthrough and a transcoded stream. Delay = the
+/// browser's clock − when the source delivered stream time 0 to transcast (`media_zero_unix_ms`) − `currentTime`.
+/// `PLAYER_BENCH_SECONDS` (default 60) per player run; the plain runs take half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench.sh --player"]
+async fn player_latency() {
+    let seconds: u64 = std::env::var("PLAYER_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut rows = Vec::new();
+    // `PLAYER_BENCH_ONLY=chromium` (or firefox) runs one browser.
+    let only = std::env::var("PLAYER_BENCH_ONLY").ok();
+    for browser in ["chromium", "firefox"] {
+        if only.as_deref().is_some_and(|o| o != browser) {
+            continue;
+        }
+        let Some((_driver, client)) = start_driver(browser).await else {
+            continue;
+        };
+        let server = Server::start(|_| {}).await;
+        for mode in ["passthrough", "transcode"] {
+            for player in ["mse", "plain"] {
+                let secs = if player == "plain" { seconds / 2 } else { seconds };
+                let row = measure_player(&client, &server, browser, mode, player, secs).await;
+                eprintln!("{row}");
+                rows.push(row);
+            }
+        }
+        client.close().await.unwrap();
+    }
+    let mut table = String::from(
+        "| browser | stream | player | behind the source p50 / p95 | held ahead p50 / p95 | stalls | rate changes | jumps |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let ms = |v: &Value| {
+            v.as_f64()
+                .filter(|x| x.is_finite())
+                .map_or("–".to_string(), |x| format!("{:.2} s", x / 1000.0))
+        };
+        table.push_str(&format!(
+            "| {} | {} | {} | {} / {} | {} / {} | {} | {} | {} |\n",
+            r["browser"].as_str().unwrap(),
+            r["mode"].as_str().unwrap(),
+            if r["player"] == "mse" { "/player.js" } else { "plain <video>" },
+            ms(&r["delay_ms"]["p50"]),
+            ms(&r["delay_ms"]["p95"]),
+            ms(&r["ahead_ms"]["p50"]),
+            ms(&r["ahead_ms"]["p95"]),
+            r["stalls"],
+            r["rate_changes"],
+            r["jumps"],
+        ));
+    }
+    println!("{table}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("player.json"), serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    std::fs::write(dir.join("player.md"), &table).unwrap();
 }

@@ -365,3 +365,81 @@ async fn viewers_of_many_streams_share_one_pool_of_fanout_threads() {
         v.abort();
     }
 }
+
+/// `?format=tracks`'s records: (index, payload).
+fn records(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let len = u32::from_be_bytes(b[1..5].try_into().unwrap()) as usize;
+        assert!(b.len() >= 5 + len, "a record cut short");
+        out.push((b[0], b[5..5 + len].to_vec()));
+        b = &b[5 + len..];
+    }
+    assert!(b.is_empty(), "bytes after the last record");
+    out
+}
+
+/// The low-latency player's format: a description, then each track as a WebM of its own, in records; each
+/// track's WebM decodes whole with GStreamer, in order. Bad `format` and `join` values are refused with JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_format_carries_each_track_as_a_webm_of_its_own() {
+    let server = Server::start(|_| {}).await;
+    for bad in ["format=mp4", "join=sometimes"] {
+        let r = client()
+            .get(format!("{}?{bad}", server.url("split")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let j: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let key = bad.split('=').next().unwrap();
+        assert!(j["error"]["message"].as_str().unwrap().contains(key), "{j}");
+    }
+    let (push, _) = start_push(&server, "split").await;
+    let (mut sock, head, mut body) = raw_watch(&server, "/live/split?format=tracks&join=gop").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/vnd.transcast.tracks")
+    );
+    let head_request = client()
+        .head(format!("{}?format=tracks", server.url("split")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head_request.headers()["content-type"],
+        "application/vnd.transcast.tracks"
+    );
+    tokio::time::timeout(Duration::from_secs(60), sock.read_to_end(&mut body))
+        .await
+        .expect("stream ends within 60 s")
+        .unwrap();
+    assert_eq!(push.await.unwrap().status, 200);
+    let recs = records(&dechunk(&body));
+    assert_eq!(recs[0].0, 255, "the description first");
+    let desc: serde_json::Value = serde_json::from_slice(&recs[0].1).unwrap();
+    let tracks = desc["tracks"].as_array().unwrap();
+    assert_eq!(tracks.len(), 2, "{desc}");
+    assert_eq!(tracks[0]["type"], "video/webm; codecs=\"vp8\"", "{desc}");
+    assert_eq!(tracks[1]["type"], "audio/webm; codecs=\"vorbis\"", "{desc}");
+    for (index, t) in tracks.iter().enumerate() {
+        let webm: Vec<u8> = recs
+            .iter()
+            .filter(|(i, _)| *i as usize == index)
+            .flat_map(|(_, p)| p.clone())
+            .collect();
+        assert!(webm.starts_with(&EBML_MAGIC), "{t}: its init first");
+        assert_eq!(ebml_headers(&webm), 1, "{t}: one init");
+        let d = decode(&webm);
+        if t["kind"] == "video" {
+            assert!(d.video_frames >= FRAMES * 85 / 100, "{t}: {} frames", d.video_frames);
+            assert_eq!(d.audio_ns, 0, "{t}: video only");
+            assert!(d.video_pts_monotonic, "{t}");
+        } else {
+            assert_eq!(d.video_frames, 0, "{t}: audio only");
+            assert!(d.audio_ns > 1_000_000_000, "{t}: {} ns of audio", d.audio_ns);
+            assert!(d.audio_pts_monotonic, "{t}");
+        }
+    }
+}

@@ -122,6 +122,7 @@
           throw new Error('HTTP ' + response.status + ' ' + t.slice(0, 200));
         });
       }
+      self.stats.error = '';
       var ms = new MediaSource();
       self.ms = ms;
       self.objectUrl = URL.createObjectURL(ms);
