@@ -428,7 +428,11 @@ async fn reconnect_case(client: &Client, browser: &str) {
         embedding_page(&origin, &name)
     );
     let (port, _site) = static_server(vec![
-        ("/", "text/html", embedding_page(&origin, &name).into_bytes()),
+        (
+            "/",
+            "text/html",
+            embedding_page(&origin, &name).into_bytes(),
+        ),
         ("/no-mse", "text/html", no_mse.into_bytes()),
     ])
     .await;
@@ -437,9 +441,30 @@ async fn reconnect_case(client: &Client, browser: &str) {
         width: 320,
         height: 240,
     };
-    let v = check(client, browser, "no-mse", format!("{site}/no-mse"), "#player", video, 1.0).await;
-    assert_eq!(v["player"]["mode"], "plain", "{browser}: without MSE the element plays itself: {v}");
-    check(client, browser, "before-reconnect", format!("{site}/"), "#player", video, 1.0).await;
+    let v = check(
+        client,
+        browser,
+        "no-mse",
+        format!("{site}/no-mse"),
+        "#player",
+        video,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        v["player"]["mode"], "plain",
+        "{browser}: without MSE the element plays itself: {v}"
+    );
+    check(
+        client,
+        browser,
+        "before-reconnect",
+        format!("{site}/"),
+        "#player",
+        video,
+        1.0,
+    )
+    .await;
     server.state.registry.get(&name).unwrap().abort.cancel();
     server.wait_gone(&name).await;
     pusher.abort();
@@ -454,7 +479,8 @@ async fn reconnect_case(client: &Client, browser: &str) {
     loop {
         let v = media_state(client, "#player").await;
         let p = &v["player"];
-        let back = p["reconnects"].as_u64() >= Some(1) && p["state"] == "playing" && v["error"].is_null();
+        let back =
+            p["reconnects"].as_u64() >= Some(1) && p["state"] == "playing" && v["error"].is_null();
         let t = v["t"].as_f64().unwrap_or(0.0);
         match seen {
             Some(t0) if back && t - t0 >= 1.0 => {
@@ -466,7 +492,10 @@ async fn reconnect_case(client: &Client, browser: &str) {
         }
         if Instant::now() > deadline {
             let dir = save_artifacts(client, &format!("{browser}-reconnect"), &v.to_string()).await;
-            panic!("{browser}: the player did not play the next stream: {v} (artifacts in {})", dir.display());
+            panic!(
+                "{browser}: the player did not play the next stream: {v} (artifacts in {})",
+                dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -705,7 +734,11 @@ async fn chromium_plays_live_webm() {
 
 /// A live source as an encoder sends it: `gst-launch-1.0` encodes test pictures and sound as they are captured
 /// (`is-live`), and its output is pushed as it comes, one HTTP chunk per read of its stdout.
-async fn live_source(server: &Server, name: &str, mode: &str) -> (tokio::process::Child, tokio::task::JoinHandle<()>) {
+async fn live_source(
+    server: &Server,
+    name: &str,
+    mode: &str,
+) -> (tokio::process::Child, tokio::task::JoinHandle<()>) {
     use tokio::io::AsyncReadExt;
     let v = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 ! timeoverlay";
     let a = "audiotestsrc is-live=true wave=ticks ! audio/x-raw,rate=48000,channels=2";
@@ -771,7 +804,11 @@ async fn measure_player(
     let name = format!("{browser}-{mode}-{player}");
     let (mut gst, forward) = live_source(server, &name, mode).await;
     wait_live(server, &name).await;
-    let query = if player == "plain" { "?player=plain" } else { "" };
+    let query = if player == "plain" {
+        "?player=plain"
+    } else {
+        ""
+    };
     client
         .goto(&format!("http://{}/watch/{name}{query}", server.addr))
         .await
@@ -811,7 +848,8 @@ async fn measure_player(
     let _ = gst.kill().await;
     forward.abort();
     let count = |k: &str| {
-        last["player"][k].as_u64().unwrap_or(0) as i64 - first["player"][k].as_u64().unwrap_or(0) as i64
+        last["player"][k].as_u64().unwrap_or(0) as i64
+            - first["player"][k].as_u64().unwrap_or(0) as i64
     };
     let waits = last["waiting"].as_i64().unwrap_or(0) - first["waiting"].as_i64().unwrap_or(0);
     json!({
@@ -851,7 +889,11 @@ async fn player_latency() {
         let server = Server::start(|_| {}).await;
         for mode in ["passthrough", "transcode"] {
             for player in ["mse", "plain"] {
-                let secs = if player == "plain" { seconds / 2 } else { seconds };
+                let secs = if player == "plain" {
+                    seconds / 2
+                } else {
+                    seconds
+                };
                 let row = measure_player(&client, &server, browser, mode, player, secs).await;
                 eprintln!("{row}");
                 rows.push(row);
@@ -872,7 +914,11 @@ async fn player_latency() {
             "| {} | {} | {} | {} / {} | {} / {} | {} | {} | {} |\n",
             r["browser"].as_str().unwrap(),
             r["mode"].as_str().unwrap(),
-            if r["player"] == "mse" { "/player.js" } else { "plain <video>" },
+            if r["player"] == "mse" {
+                "/player.js"
+            } else {
+                "plain <video>"
+            },
             ms(&r["delay_ms"]["p50"]),
             ms(&r["delay_ms"]["p95"]),
             ms(&r["ahead_ms"]["p50"]),
@@ -885,6 +931,10 @@ async fn player_latency() {
     println!("{table}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("player.json"), serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("player.json"),
+        serde_json::to_string_pretty(&rows).unwrap(),
+    )
+    .unwrap();
     std::fs::write(dir.join("player.md"), &table).unwrap();
 }

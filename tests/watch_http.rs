@@ -433,12 +433,20 @@ async fn tracks_format_carries_each_track_as_a_webm_of_its_own() {
         assert_eq!(ebml_headers(&webm), 1, "{t}: one init");
         let d = decode(&webm);
         if t["kind"] == "video" {
-            assert!(d.video_frames >= FRAMES * 85 / 100, "{t}: {} frames", d.video_frames);
+            assert!(
+                d.video_frames >= FRAMES * 85 / 100,
+                "{t}: {} frames",
+                d.video_frames
+            );
             assert_eq!(d.audio_ns, 0, "{t}: video only");
             assert!(d.video_pts_monotonic, "{t}");
         } else {
             assert_eq!(d.video_frames, 0, "{t}: audio only");
-            assert!(d.audio_ns > 1_000_000_000, "{t}: {} ns of audio", d.audio_ns);
+            assert!(
+                d.audio_ns > 1_000_000_000,
+                "{t}: {} ns of audio",
+                d.audio_ns
+            );
             assert!(d.audio_pts_monotonic, "{t}");
         }
     }

@@ -47,11 +47,16 @@
       rateChanges: 0, reconnects: 0, bytes: 0, error: ''
     };
     this.gen = 0;
+    this.jumpedAt = -Infinity;
     this.backoff = this.opts.reconnectMin;
     this.destroyed = false;
     this.tracks = [];
     media.transcast = this;
-    this.onWaiting = function () { if (self.stats.state === 'playing') self.stats.stalls++; };
+    // A stall: the playhead ran out of media while playing (not the wait that follows the player's own jump).
+    this.onWaiting = function () {
+      var jumping = media.seeking || performance.now() - self.jumpedAt < 1000;
+      if (self.stats.state === 'playing' && !jumping) self.stats.stalls++;
+    };
     this.onPlaying = function () { if (self.stats.mode === 'mse') self.stats.state = 'playing'; };
     // Only the viewer pauses (the player never does): it stays paused until they play again.
     this.onPause = function () { if (self.stats.state === 'playing') self.userPaused = true; };
@@ -258,6 +263,7 @@
     if (m.seeking) return;
     if (m.currentTime < start || buffer > o.target + o.jumpAfter) {
       m.currentTime = Math.max(start, end - o.target);
+      this.jumpedAt = now;
       s.jumps++;
       buffer = end - m.currentTime;
     }

@@ -487,17 +487,19 @@ impl Hub {
         self.subscribe_as(self.cfg.join, peer, kill, wait).await
     }
 
-    /// Waits (up to `wait`) until the stream has its header.
-    pub async fn wait_header(&self, wait: Duration) -> Result<(), SubscribeError> {
+    /// Waits (up to `wait`) until the stream has its header; whether it had to wait.
+    pub async fn wait_header(&self, wait: Duration) -> Result<bool, SubscribeError> {
         let mut rx = self.head_tx.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
+        let mut waited = false;
         loop {
             rx.borrow_and_update();
             {
                 let inner = self.inner.lock().unwrap();
                 if inner.header.is_some() {
-                    return Ok(());
+                    return Ok(waited);
                 }
+                waited = true;
                 if inner.ended {
                     return Err(SubscribeError::Ended);
                 }
@@ -518,29 +520,10 @@ impl Hub {
         kill: CancellationToken,
         wait: Duration,
     ) -> Result<Subscription, SubscribeError> {
-        let mut rx = self.head_tx.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
+        let rx = self.head_tx.subscribe();
         // A reader that was there before the stream had any media gets it from its first keyframe, even when the
         // writer releases several keyframe groups at once behind the header.
-        let mut from_start = false;
-        loop {
-            rx.borrow_and_update();
-            {
-                let inner = self.inner.lock().unwrap();
-                if inner.header.is_some() {
-                    break;
-                }
-                from_start = true;
-                if inner.ended {
-                    return Err(SubscribeError::Ended);
-                }
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(SubscribeError::Ended),
-                Err(_) => return Err(SubscribeError::Timeout),
-            }
-        }
+        let from_start = self.wait_header(wait).await?;
         let (cursor, has_video, header) = {
             let inner = self.inner.lock().unwrap();
             let head = inner.head();
@@ -668,7 +651,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(hub: Arc<Hub>) -> Self {
         Publisher {
-            splitter: hub.split.clone().map(Splitter::new),
+            splitter: hub.split.is_some().then(Splitter::default),
             hub,
             scanner: webm::Scanner::new(),
         }
@@ -681,15 +664,17 @@ impl Publisher {
             webm::Event::Header { data, tracks } => {
                 hub.segments.on_header(&data, &tracks);
                 // Split first: whoever sees the stream's header finds the split hub's too.
-                if let Some(s) = splitter.as_mut() {
-                    s.on_header(&data, &tracks);
+                if let (Some(s), Some(split)) = (splitter.as_mut(), &hub.split) {
+                    split.publish_header(s.on_header(&data, &tracks), tracks.clone());
                 }
                 hub.publish_header(data, tracks)
             }
             webm::Event::Chunk(c) => {
                 hub.segments.on_chunk(&c);
-                if let Some(s) = splitter.as_mut() {
-                    s.on_chunk(&c);
+                if let (Some(s), Some(split)) = (splitter.as_mut(), &hub.split)
+                    && let Some(record) = s.on_chunk(&c)
+                {
+                    split.publish_chunk(record);
                 }
                 hub.publish_chunk(c)
             }

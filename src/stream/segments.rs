@@ -411,19 +411,7 @@ mod tests {
     use crate::stream::webm::build::*;
 
     fn header() -> Vec<u8> {
-        let mut s = element(0x1A45_DFA3, &uint(0x4282, 1));
-        s.extend(open(0x1853_8067));
-        s.extend(element(0x1549_A966, &uint(0x2A_D7B1, 1_000_000)));
-        let mut v = uint(0xD7, 1);
-        v.extend(uint(0x83, 1));
-        v.extend(string(0x86, "V_VP8"));
-        let mut a = uint(0xD7, 2);
-        a.extend(uint(0x83, 2));
-        a.extend(string(0x86, "A_VORBIS"));
-        let mut tracks = element(0xAE, &v);
-        tracks.extend(element(0xAE, &a));
-        s.extend(element(0x1654_AE6B, &tracks));
-        s
+        test_header("A_VORBIS")
     }
 
     /// One block in a cluster of its own at `ms`, as the writer makes when timestamps go back.

@@ -15,15 +15,13 @@
 //! at the first audio after each video keyframe (so a reader that joins at a keyframe gets its audio from a
 //! cluster start) and at least every [`AUDIO_CLUSTER_MS`].
 //!
-//! The records go through a hub of their own (the main hub's [`Hub::split`]), so readers get everything the main
-//! one gives: a join at the newest keyframe, skips, the lag limit, the fan-out threads.
-
-use std::sync::Arc;
+//! The records go through a hub of their own (the main hub's `split`, which the stream's publisher feeds with
+//! what this makes), so readers get everything the main one gives: a join at the newest keyframe, skips, the lag
+//! limit, the fan-out threads.
 
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::stream::hub::Hub;
 use crate::stream::webm::{self, Chunk, TrackInfo, TrackKind, build};
 
 /// The `?format=` value of a split watch.
@@ -41,10 +39,9 @@ const MAX_CLUSTER_MS: i64 = 30_000;
 const ID_CLUSTER: u32 = 0x1F43_B675;
 const ID_TIMECODE: u32 = 0xE7;
 
-/// Feeds a split hub from the stream's header and blocks. Owned by the stream's [`crate::stream::hub::Publisher`].
-#[derive(Debug)]
+/// Turns the stream's header and blocks into the split stream's. Owned by the stream's publisher.
+#[derive(Debug, Default)]
 pub struct Splitter {
-    hub: Arc<Hub>,
     feeds: Vec<Feed>,
 }
 
@@ -62,15 +59,8 @@ struct Feed {
 }
 
 impl Splitter {
-    pub fn new(hub: Arc<Hub>) -> Splitter {
-        Splitter {
-            hub,
-            feeds: Vec::new(),
-        }
-    }
-
-    /// The stream's header: a description and one init per video and audio track.
-    pub fn on_header(&mut self, header: &Bytes, tracks: &[TrackInfo]) {
+    /// The stream's header → the split stream's: a description and one init per video and audio track.
+    pub fn on_header(&mut self, header: &Bytes, tracks: &[TrackInfo]) -> Bytes {
         self.feeds.clear();
         let mut described = Vec::new();
         let mut inits = Vec::new();
@@ -110,21 +100,20 @@ impl Splitter {
         for (index, init) in inits {
             data.extend(record(index, &init));
         }
-        self.hub.publish_header(Bytes::from(data), tracks.to_vec());
+        Bytes::from(data)
     }
 
-    /// A block of the stream: as a record of its track's WebM.
-    pub fn on_chunk(&mut self, c: &Chunk) {
-        let Some(i) = self.feeds.iter().position(|f| f.number == c.block.track) else {
-            return;
-        };
+    /// A block of the stream → a record of its track's WebM (none for a video block before the track's first
+    /// keyframe, or of a track left out).
+    pub fn on_chunk(&mut self, c: &Chunk) -> Option<Chunk> {
+        let i = self.feeds.iter().position(|f| f.number == c.block.track)?;
         let pts_ms = c.block.pts_ns.div_euclid(1_000_000).max(0);
         let video = self.feeds[i].kind == TrackKind::Video;
         let keyframe = c.flags & 0x80 != 0;
         let feed = &mut self.feeds[i];
         let start = match feed.cluster_ms {
             // A track's first cluster: video from a keyframe, so that its WebM is playable from its start.
-            None if video && !keyframe => return,
+            None if video && !keyframe => return None,
             None => true,
             Some(s) => {
                 (video && keyframe)
@@ -157,13 +146,13 @@ impl Splitter {
                 f.cut = true;
             }
         }
-        self.hub.publish_chunk(Chunk {
+        Some(Chunk {
             frame: frame_at..data.len(),
             data,
             cluster_start: start,
             block: c.block,
             flags: c.flags,
-        });
+        })
     }
 }
 
@@ -179,6 +168,7 @@ fn record(index: u8, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::hub::Hub;
     use crate::stream::webm::build::*;
 
     /// Parses records back: (index, payload).
@@ -208,26 +198,10 @@ mod tests {
         (chunks, tracks)
     }
 
-    fn stream_header() -> Vec<u8> {
-        let mut s = element(0x1A45_DFA3, &uint(0x4282, 1));
-        s.extend(open(0x1853_8067));
-        s.extend(element(0x1549_A966, &uint(0x2A_D7B1, 1_000_000)));
-        let mut v = uint(0xD7, 1);
-        v.extend(uint(0x83, 1));
-        v.extend(string(0x86, "V_VP8"));
-        let mut a = uint(0xD7, 2);
-        a.extend(uint(0x83, 2));
-        a.extend(string(0x86, "A_OPUS"));
-        let mut t = element(0xAE, &v);
-        t.extend(element(0xAE, &a));
-        s.extend(element(0x1654_AE6B, &t));
-        s
-    }
-
     /// The stream as the writer writes it: audio up to 300 ms behind video in arrival order, in clusters that
     /// start at video keyframes.
     fn muxed() -> Vec<u8> {
-        let mut out = stream_header();
+        let mut out = test_header("A_OPUS");
         for gop in 0..3i64 {
             let start = gop * 1000;
             out.extend(open(0x1F43_B675));

@@ -532,6 +532,24 @@ pub mod build {
         element(id, &v.to_be_bytes())
     }
 
+    /// A stream header for tests: track 1 VP8 video, track 2 audio in `audio_codec` (`A_VORBIS`, `A_OPUS`).
+    #[cfg(test)]
+    pub fn test_header(audio_codec: &str) -> Vec<u8> {
+        let mut s = element(0x1A45_DFA3, &uint(0x4282, 1));
+        s.extend(open(0x1853_8067));
+        s.extend(element(0x1549_A966, &uint(0x2A_D7B1, 1_000_000)));
+        let mut v = uint(0xD7, 1);
+        v.extend(uint(0x83, 1));
+        v.extend(string(0x86, "V_VP8"));
+        let mut a = uint(0xD7, 2);
+        a.extend(uint(0x83, 2));
+        a.extend(string(0x86, audio_codec));
+        let mut tracks = element(0xAE, &v);
+        tracks.extend(element(0xAE, &a));
+        s.extend(element(0x1654_AE6B, &tracks));
+        s
+    }
+
     /// A SimpleBlock of track `track` (below 127), `rel` milliseconds after its cluster's timecode, with the
     /// given flags byte and frame (lace headers included, as the flags say).
     pub fn simple_block(track: u64, rel: i16, flags: u8, frame: &[u8]) -> Vec<u8> {
