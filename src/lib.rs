@@ -39,7 +39,8 @@
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
 //!   connection whose first request is a watch skips hyper); error kind → HTTP status and the JSON error body.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with; the
-//!   rules every layer checks against (address masks, stream names, RTP targets).
+//!   rules every layer checks against (address masks, stream names, RTP targets); `config::file` the same
+//!   options from a TOML file (`--config`, `transcast check-config`).
 //! - [`error`]: the one error type and its kinds (no HTTP: the media path builds without axum).
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use transcast::config::{Config, EncodeArgs, ServeArgs};
+use transcast::config::{self, Config, EncodeArgs, LogFormat, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,12 @@ struct Cli {
 enum Command {
     /// Run the daemon (defaults: 127.0.0.1:8080, embedded pipeline templates).
     Serve(ServeArgs),
+    /// Check a config file as `serve --config FILE` reads it (keys, values, templates), without starting the
+    /// daemon: exits 0 and says so when it is good, 1 with every problem's key and line when not.
+    CheckConfig {
+        /// The TOML file (see transcast.example.toml).
+        file: PathBuf,
+    },
     /// Print the gst-launch-1.0 line equivalent to the pipeline a push of FILE gets (and optionally run it).
     Pipeline {
         /// The input file.
@@ -76,15 +82,42 @@ fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         with_malloc_tunables();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TRANSCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
-    gstreamer::init().context("initialising GStreamer")?;
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            let (args, loaded) = match args.config.clone() {
+                // What follows `serve`: flags override the file.
+                Some(path) => {
+                    let argv: Vec<_> = std::env::args_os().skip(2).collect();
+                    let (args, loaded) =
+                        config::file::serve_args(&path, &argv).map_err(anyhow::Error::msg)?;
+                    (args, Some(loaded))
+                }
+                None => (args, None),
+            };
+            init_logging(args.log_format);
+            gstreamer::init().context("initialising GStreamer")?;
+            serve(args, loaded)
+        }
+        Command::CheckConfig { file } => {
+            init_logging(LogFormat::Text);
+            gstreamer::init().context("initialising GStreamer")?;
+            let (args, loaded) =
+                config::file::serve_args(&file, &[]).map_err(anyhow::Error::msg)?;
+            let config =
+                Config::from_args(args).map_err(|e| anyhow::Error::msg(loaded.locate(e)))?;
+            transcast::templates::Templates::load(config.pipelines_dir.as_deref(), &config.encode)
+                .map_err(|e| {
+                    anyhow::Error::msg(loaded.locate(format!("pipeline templates: {e}")))
+                })?;
+            println!(
+                "{}: ok ({} keys, sha256 {})",
+                file.display(),
+                loaded.keys,
+                loaded.sha256
+            );
+            Ok(())
+        }
         Command::Pipeline {
             input,
             output,
@@ -92,6 +125,8 @@ fn main() -> anyhow::Result<()> {
             pipelines,
             encode,
         } => {
+            init_logging(LogFormat::Text);
+            gstreamer::init().context("initialising GStreamer")?;
             let settings = encode.settings().map_err(anyhow::Error::msg)?;
             let templates = transcast::templates::Templates::load(pipelines.as_deref(), &settings)?;
             let line = transcast::launchline::describe(&input, &output, &templates)?;
@@ -105,8 +140,31 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::from_args(args).map_err(anyhow::Error::msg)?;
+/// The log goes to stdout: colour codes only when that is a terminal and `NO_COLOR` is not set (a file or
+/// journald gets plain lines), or JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_env("TRANSCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
+fn serve(args: ServeArgs, loaded: Option<config::file::Loaded>) -> anyhow::Result<()> {
+    let config = Config::from_args(args).map_err(|e| {
+        anyhow::Error::msg(match &loaded {
+            Some(l) => l.locate(e),
+            None => e,
+        })
+    })?;
+    if let Some(l) = &loaded {
+        tracing::info!(file = %l.file, keys = l.keys, sha256 = %l.sha256, "configuration file loaded");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

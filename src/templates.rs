@@ -96,6 +96,14 @@ impl Templates {
     /// Reads the templates (embedded, or from `dir` where it has the file), fills the placeholders and
     /// instantiates each once to check it.
     pub fn load(dir: Option<&Path>, settings: &EncodeSettings) -> Result<Templates> {
+        if let Some(d) = dir
+            && !d.is_dir()
+        {
+            return Err(Error::pipeline(format!(
+                "--pipelines {}: not a directory",
+                d.display()
+            )));
+        }
         let values = settings.placeholders();
         let mut texts = Vec::new();
         for part in Part::ALL {

@@ -45,6 +45,8 @@ struct Daemon {
     addr: String,
     /// Its log lines after the one that gave its address.
     log: std::sync::mpsc::Receiver<String>,
+    /// Its log lines up to that one.
+    early: Vec<String>,
 }
 
 impl Drop for Daemon {
@@ -72,6 +74,7 @@ fn serve(extra: &[&str], state: &std::path::Path) -> Daemon {
             let _ = tx.send(line);
         }
     });
+    let mut early = Vec::new();
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -79,11 +82,13 @@ fn serve(extra: &[&str], state: &std::path::Path) -> Daemon {
         if let Some(i) = line.find("addr=") {
             break line[i + 5..].split_whitespace().next().unwrap().to_string();
         }
+        early.push(line);
     };
     Daemon {
         child,
         addr,
         log: rx,
+        early,
     }
 }
 
@@ -333,4 +338,159 @@ async fn the_worst_accepted_input_transcodes_in_bounded_memory() {
         "one 1080p60 transcode took the daemon to {peak_mib} MiB"
     );
     eprintln!("1080p60 transcode: daemon peak {peak_mib} MiB");
+}
+
+/// `transcast check-config` passes the example in the repository, and refuses a bad file with the key and its
+/// line, exiting 1.
+#[test]
+fn check_config_passes_the_example_and_names_a_bad_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/transcast.example.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", example])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(": ok (") && stdout.contains("sha256"),
+        "{stdout}"
+    );
+    let bad = write_temp(b"listen = \"127.0.0.1:8080\"\nmax-clients = 100\nsegment-window = 1\n");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(bad.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(":3: key 'segment-window'"), "{stderr}");
+    // Templates are part of the configuration: a directory that is not there, or a template that does not load.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("video-encode.pipeline"),
+        "vp8enc no-such-property=1",
+    )
+    .unwrap();
+    for (pipelines, why) in [
+        (dir.path().join("missing"), "not a directory"),
+        (dir.path().to_path_buf(), "video-encode.pipeline"),
+    ] {
+        let text = format!(
+            "max-lag = 3\npipelines = {:?}\n",
+            pipelines.display().to_string()
+        );
+        let bad = write_temp(text.as_bytes());
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(bad.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{why}: {stderr}");
+    }
+}
+
+/// `serve --config FILE`: the file's settings apply (here `max-streams = 1`: a second stream is refused), flags
+/// override it (the file's `listen` is a port nobody may bind, the flag's is free), and the log says which file
+/// (and which version of it) is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_its_config_file_and_flags_override_it() {
+    let state = tempfile::tempdir().unwrap();
+    let file = write_temp(b"listen = \"192.0.2.1:1\"\nmax-streams = 1\nno-pace = true\n");
+    let path = file.path().to_str().unwrap().to_string();
+    let mut d = serve(&["--config", &path], state.path());
+    // A live source that stays: a chunked upload held open after its first megabyte.
+    let mut first = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        first
+            .write_all(b"PUT /live/one HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    let clip = long_clip("webm");
+    try_send_chunk(&mut first, &clip[..clip.len().min(1 << 20)])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let r = push(
+            &format!("http://{}/live/two", d.addr),
+            media(Media::WebmVp8Vorbis),
+            false,
+        )
+        .await;
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        second.status, 503,
+        "max-streams = 1 from the file: {}",
+        second.json
+    );
+    assert!(
+        second.json.to_string().contains("max-streams"),
+        "{}",
+        second.json
+    );
+    drop(first);
+    let _ = sigterm_and_wait(&mut d, Duration::from_secs(10));
+    assert!(
+        d.early
+            .iter()
+            .any(|l| l.contains("configuration file loaded") && l.contains("sha256=")),
+        "{:?}",
+        d.early
+    );
+}
+
+/// The log, read from a pipe (as journald or a file gets it), has no colour codes; `--log-format json` makes it
+/// one JSON object per line.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_when_asked() {
+    for format in ["text", "json"] {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                format,
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .env_remove("NO_COLOR")
+            .env("TRANSCAST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            seen.push(lines.next().expect("the daemon logs").unwrap());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for line in &seen {
+            assert!(!line.contains('\u{1b}'), "{format}: {line:?}");
+            if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                assert!(
+                    v["level"].is_string() && v["fields"]["message"].is_string(),
+                    "{v}"
+                );
+            }
+        }
+    }
 }

@@ -122,9 +122,9 @@ fn the_media_path_builds_without_the_http_crates() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut paths = Vec::new();
     files(&src.join("stream"), &mut paths);
+    files(&src.join("config"), &mut paths);
     for f in [
         "error.rs",
-        "config.rs",
         "templates.rs",
         "source/pipeline.rs",
         "source/detect.rs",

@@ -3,6 +3,8 @@
 //!
 //! Defaults are embedded, so `transcast serve` with no options is a working daemon on 127.0.0.1:8080.
 
+pub mod file;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +20,16 @@ pub enum JoinMode {
     Gop,
     /// Header, then wait for the next keyframe cluster: lowest latency, slower start.
     Live,
+}
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (colours only on a terminal, and never with `NO_COLOR` set).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// Which WebM writer a stream uses.
@@ -118,6 +130,16 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// Options of `transcast serve`. Each field documents its default; `--help` prints the same text.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file whose keys are these flags without their dashes (`max-clients = 5000`; see
+    /// transcast.example.toml). Flags and their environment variables override it.
+    #[arg(long, value_name = "FILE", env = file::ENV)]
+    pub config: Option<PathBuf>,
+
+    /// Log format: `text` (colours only on a terminal, never with NO_COLOR) or `json` (one object per line).
+    /// The level comes from TRANSCAST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "TRANSCAST_LISTEN")]
     pub listen: SocketAddr,
