@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::auth::FailureLog;
+use crate::control::hooks::Hooks;
 use crate::control::tokens::{Session, TokenStore};
 use crate::error::Result;
 use crate::source::pulls::Pulls;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub pulls: Pulls,
     /// An edge's recent answers from its origin on whether a viewer key may watch a stream.
     pub view_checks: ViewChecks,
+    /// `--hook-url`: stream and token events to a platform's endpoint.
+    pub hooks: Arc<Hooks>,
 }
 
 impl AppState {
@@ -85,7 +88,7 @@ impl AppState {
             },
             hub.clone(),
         )?;
-        Ok(Stream::new(
+        let stream = Stream::new(
             name,
             hub,
             output,
@@ -95,7 +98,9 @@ impl AppState {
                 encode: cfg.encode.clone(),
             },
             self.shutdown.child_token(),
-        ))
+        );
+        self.hooks.follow(name, stream.watch_state());
+        Ok(stream)
     }
 }
 

@@ -1218,3 +1218,45 @@ async fn pulls_created_through_the_api_show_their_errors_and_retries_and_start_o
     let _ = sender.kill();
     let _ = sender.wait();
 }
+
+/// `--hook-url` with the token server: adding and revoking a session are told to the platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sessions_added_and_revoked_are_told_to_the_hook() {
+    let (url, got) = hook_receiver(true).await;
+    let server = Server::start(|a| {
+        a.token_server = vec!["127.0.0.0/8".parse().unwrap()];
+        a.hook_url = Some(url);
+    })
+    .await;
+    let api = Api { server: &server };
+    add_token(
+        &api,
+        json!({"session_id": "hooked", "inputs": ["mp4"], "outputs": {"http": true}}),
+    )
+    .await;
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/hooked",
+            "/api/v1/tokens/{session_id}",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["stream"] == "hooked")
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        if names.len() >= 2 {
+            assert_eq!(names, ["token_added", "token_revoked"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

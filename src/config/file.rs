@@ -280,6 +280,11 @@ mod tests {
             &["--origin", "http://127.0.0.1:8081"],
         ),
         ("origin-key", r#""o-key""#, &["--origin-key", "o-key"]),
+        (
+            "hook-url",
+            r#""http://127.0.0.1:9/hooks""#,
+            &["--hook-url", "http://127.0.0.1:9/hooks"],
+        ),
         ("edge-key", r#""e-key""#, &["--edge-key", "e-key"]),
         ("pull-start-timeout", "4", &["--pull-start-timeout", "4"]),
         ("pull-linger", "3", &["--pull-linger", "3"]),

@@ -96,6 +96,16 @@ fn parse_pull(v: &str) -> Result<PullArg, String> {
 }
 
 /// An origin is another transcast (or anything serving `/live/NAME` the same way) over plain HTTP.
+fn parse_hook_url(v: &str) -> Result<String, String> {
+    check_url(v).map_err(|e| format!("--hook-url {v}: {e}"))?;
+    if !v.starts_with("http://") {
+        return Err(format!(
+            "--hook-url {v}: an http:// URL (for TLS, a local proxy in front of the endpoint)"
+        ));
+    }
+    Ok(v.to_string())
+}
+
 fn parse_origin(v: &str) -> Result<String, String> {
     check_url(v).map_err(|e| format!("--origin {v}: {e}"))?;
     if !v.starts_with("http://") {
@@ -254,6 +264,12 @@ pub struct ServeArgs {
     /// session needs a view key; it then checks each of its own viewers' keys with the origin.
     #[arg(long, env = "TRANSCAST_ORIGIN_KEY", hide_env_values = true)]
     pub origin_key: Option<String>,
+
+    /// A platform's endpoint (`http://`) that gets a JSON POST on every stream start, source loss and
+    /// return, stream end and token session added or revoked. Queued and retried apart from the media: a
+    /// slow or dead endpoint delays nothing.
+    #[arg(long, value_name = "URL", value_parser = parse_hook_url)]
+    pub hook_url: Option<String>,
 
     /// On an origin: the key its edges present (their `--origin-key`). It stands in for any stream's view key.
     #[arg(long, env = "TRANSCAST_EDGE_KEY", hide_env_values = true)]
@@ -414,6 +430,7 @@ pub struct Config {
     pub origins: Vec<String>,
     pub origin_key: Option<String>,
     pub edge_key: Option<String>,
+    pub hook_url: Option<String>,
     pub pull_start_timeout: Duration,
     pub pull_linger: Duration,
     pub input_limits: InputLimits,
@@ -605,6 +622,7 @@ impl Config {
             origins: a.origin,
             origin_key: a.origin_key.filter(|k| !k.is_empty()),
             edge_key: a.edge_key.filter(|k| !k.is_empty()),
+            hook_url: a.hook_url,
             pull_start_timeout: secs("pull-start-timeout", a.pull_start_timeout)?,
             pull_linger: secs("pull-linger", a.pull_linger)?,
             input_limits: InputLimits {

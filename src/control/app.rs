@@ -59,6 +59,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: Default::default(),
         pulls: Default::default(),
         view_checks: Default::default(),
+        hooks: Arc::new(crate::control::hooks::Hooks::start(
+            config.hook_url.as_deref(),
+        )),
         config,
     });
     let _ = state.metrics.set(crate::control::metrics::registry(&state));

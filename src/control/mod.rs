@@ -13,6 +13,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod hooks;
 pub mod metrics;
 pub mod tokens;
 pub mod web;

@@ -75,6 +75,17 @@ pub enum State {
     Ended,
 }
 
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Live => "live",
+            State::Fallback => "fallback",
+            State::Ended => "ended",
+        }
+    }
+}
+
 /// How a stream's tracks are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]

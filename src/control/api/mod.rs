@@ -451,10 +451,13 @@ async fn stream_sdp(
 
 /// Persists a session off the async workers (the store fsyncs).
 pub async fn store_add(app: &Arc<AppState>, session: Session) -> Result<()> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || app.tokens.add(session))
+    let id = session.session_id.clone();
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || a.tokens.add(session))
         .await
-        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| Error::internal(e.to_string()))??;
+    app.hooks.emit("token_added", &id, serde_json::json!({}));
+    Ok(())
 }
 
 /// Revokes a session and aborts its live stream, if any.
@@ -464,6 +467,7 @@ pub async fn store_revoke(app: &Arc<AppState>, id: &str) -> Result<Session> {
     let old = tokio::task::spawn_blocking(move || a.tokens.revoke(&key))
         .await
         .map_err(|e| Error::internal(e.to_string()))??;
+    app.hooks.emit("token_revoked", id, serde_json::json!({}));
     if let Some(e) = app.registry.get(id) {
         tracing::info!(stream = %id, "session revoked: aborting its stream");
         e.abort.cancel();
