@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::auth::FailureLog;
+use crate::control::extauth::ExternalAuth;
 use crate::control::hooks::Hooks;
 use crate::control::tokens::{Session, TokenStore};
 use crate::error::Result;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub view_checks: ViewChecks,
     /// `--hook-url`: stream and token events to a platform's endpoint.
     pub hooks: Arc<Hooks>,
+    /// `--auth-url`: a platform's endpoint that decides who may push and watch.
+    pub ext_auth: Option<ExternalAuth>,
 }
 
 impl AppState {

@@ -1260,3 +1260,82 @@ async fn token_sessions_added_and_revoked_are_told_to_the_hook() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `--auth-url`: the platform's answer decides pushes and views, after transcast's own checks; each client is
+/// asked about once (answers are cached), and what it asked is the action, the stream, the address and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_auth_service_allows_and_refuses_pushes_and_views() {
+    let (url, asked) = auth_service(false).await;
+    let server = Server::start(|a| a.auth_url = Some(url)).await;
+    let base = server.url("guarded");
+    // Refused: a wrong key (403, the service's message), no key (401).
+    let r = push(
+        &format!("{base}?token=nope"),
+        media(Media::WebmVp8Vorbis),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.json);
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not yours"),
+        "{}",
+        r.json
+    );
+    let r = push(&base, media(Media::WebmVp8Vorbis), false).await;
+    assert_eq!(r.status, 401, "{}", r.json);
+    // Let in: pushed and watched with the good key; a viewer with a wrong key is refused meanwhile.
+    let (pushed, watched) = push_and_watch(
+        &format!("{base}?token=good"),
+        media(Media::WebmVp8Vorbis),
+        true,
+    )
+    .await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert!(decode(&watched.body).video_frames > 0);
+    let r = client()
+        .get(format!("{base}?token=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q["action"] == "push" && q["key"] == "good" && q["ip"] == "127.0.0.1"),
+        "{asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .any(|q| q["action"] == "view" && q["stream"] == "guarded"),
+        "{asked:?}"
+    );
+}
+
+/// An auth service that does not answer within `--auth-timeout` means `--auth-default`: deny (503) or allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_auth_service_means_the_configured_default() {
+    let (url, _) = auth_service(true).await;
+    for (default, want) in [
+        (transcast::config::AuthDefault::Deny, 503),
+        (transcast::config::AuthDefault::Allow, 200),
+    ] {
+        let server = Server::start(|a| {
+            a.auth_url = Some(url.clone());
+            a.auth_timeout = 0.3;
+            a.auth_default = default;
+        })
+        .await;
+        let r = push(
+            &format!("{}?token=good", server.url("silent")),
+            media(Media::WebmVp8Vorbis),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, want, "{default:?}: {}", r.json);
+    }
+}

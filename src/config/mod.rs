@@ -22,6 +22,16 @@ pub enum JoinMode {
     Live,
 }
 
+/// What `--auth-url`'s failures (no answer, an error, another status) mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AuthDefault {
+    /// Refuse (503): nobody gets in while the auth service is down.
+    #[default]
+    Deny,
+    /// Let the client through (and log it): the service being down stops nobody.
+    Allow,
+}
+
 /// How the daemon writes its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum LogFormat {
@@ -271,6 +281,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", value_parser = parse_hook_url)]
     pub hook_url: Option<String>,
 
+    /// A platform's endpoint (`http://`) that decides who may push and watch: it gets a JSON POST
+    /// `{"action": "push"|"view", "stream", "ip", "key"}` per new source and per watch, after transcast's own
+    /// checks; 2xx lets the client in, 401/403 refuses it.
+    #[arg(long, value_name = "URL", value_parser = parse_hook_url)]
+    pub auth_url: Option<String>,
+
+    /// Seconds `--auth-url` has to answer.
+    #[arg(long, default_value_t = 2.0)]
+    pub auth_timeout: f64,
+
+    /// What a failure of `--auth-url` (no answer, an error, another status) means: `deny` (503) or `allow`.
+    #[arg(long, value_enum, default_value_t = AuthDefault::Deny)]
+    pub auth_default: AuthDefault,
+
+    /// Seconds an answer of `--auth-url` is kept for the same action, stream, address and key.
+    #[arg(long, default_value_t = 5.0)]
+    pub auth_cache: f64,
+
     /// On an origin: the key its edges present (their `--origin-key`). It stands in for any stream's view key.
     #[arg(long, env = "TRANSCAST_EDGE_KEY", hide_env_values = true)]
     pub edge_key: Option<String>,
@@ -431,6 +459,10 @@ pub struct Config {
     pub origin_key: Option<String>,
     pub edge_key: Option<String>,
     pub hook_url: Option<String>,
+    pub auth_url: Option<String>,
+    pub auth_timeout: Duration,
+    pub auth_default: AuthDefault,
+    pub auth_cache: Duration,
     pub pull_start_timeout: Duration,
     pub pull_linger: Duration,
     pub input_limits: InputLimits,
@@ -623,6 +655,10 @@ impl Config {
             origin_key: a.origin_key.filter(|k| !k.is_empty()),
             edge_key: a.edge_key.filter(|k| !k.is_empty()),
             hook_url: a.hook_url,
+            auth_url: a.auth_url,
+            auth_timeout: secs("auth-timeout", a.auth_timeout)?,
+            auth_default: a.auth_default,
+            auth_cache: secs("auth-cache", a.auth_cache)?,
             pull_start_timeout: secs("pull-start-timeout", a.pull_start_timeout)?,
             pull_linger: secs("pull-linger", a.pull_linger)?,
             input_limits: InputLimits {

@@ -62,6 +62,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         hooks: Arc::new(crate::control::hooks::Hooks::start(
             config.hook_url.as_deref(),
         )),
+        ext_auth: config.auth_url.as_deref().map(|url| {
+            crate::control::extauth::ExternalAuth::new(
+                url,
+                config.auth_timeout,
+                config.auth_default,
+                config.auth_cache,
+            )
+        }),
         config,
     });
     let _ = state.metrics.set(crate::control::metrics::registry(&state));

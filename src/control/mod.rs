@@ -13,6 +13,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod extauth;
 pub mod hooks;
 pub mod metrics;
 pub mod tokens;

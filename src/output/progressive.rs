@@ -28,6 +28,7 @@ use clap::ValueEnum;
 
 use crate::config::JoinMode;
 use crate::control::auth;
+use crate::control::extauth::Action;
 use crate::error::{Error, Kind, Result};
 use crate::output::fanout::MAX_IOVECS;
 use crate::source::pull::{Pull, PullState, RELAY_AGENT_PREFIX};
@@ -169,6 +170,11 @@ pub(crate) async fn find_or_pull(
     peer: Option<SocketAddr>,
 ) -> Result<Arc<crate::stream::Stream>> {
     check(app, name, token, headers, peer)?;
+    if let Some(a) = &app.ext_auth {
+        let ip = peer.map(|p| auth::client_ip(p, headers, &app.config.trusted_proxy));
+        a.check(Action::View, name, ip, auth::presented_key(headers, token))
+            .await?;
+    }
     check_with_origin(app, name, auth::presented_key(headers, token)).await?;
     if let Some(s) = app.registry.get(name) {
         return Ok(s);

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::control::auth;
+use crate::control::extauth::Action;
 use crate::control::tokens::Session;
 use crate::error::{Error, Kind, Result};
 use crate::source::SourceContext;
@@ -102,6 +103,11 @@ pub async fn push(
     let result = tracing::Instrument::instrument(
         async {
             let range = range.as_ref().map(parse_content_range).transpose()?;
+            if let Some(a) = &app.ext_auth {
+                crate::stream::registry::validate_name(&name)?;
+                let key = auth::presented_key(&creds.headers, creds.token.as_deref());
+                a.check(Action::Push, &name, creds.ip, key).await?;
+            }
             match range {
                 Some(offset) => {
                     continuation(&app, &name, &creds, offset, &mut body, &mut polled).await

@@ -791,3 +791,53 @@ pub async fn hook_receiver(
     });
     (url, got)
 }
+
+/// A platform's auth endpoint (`--auth-url`) on a loopback port: lets in the key `good` (204), refuses `nope`
+/// (403 with a message) and a missing key (401); with `silent`, takes the request and never answers. Each
+/// request's JSON is recorded.
+pub async fn auth_service(silent: bool) -> (String, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/auth", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let (end, len) = loop {
+                    let mut b = [0u8; 4096];
+                    match sock.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break (end, len);
+                        }
+                    }
+                };
+                let q: serde_json::Value =
+                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+                seen.lock().unwrap().push(q.clone());
+                if silent {
+                    std::future::pending::<()>().await;
+                }
+                let answer: &[u8] = match q["key"].as_str() {
+                    Some("good") => b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    Some(_) => b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"message\": \"not yours\"}\n",
+                    None => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                };
+                let _ = sock.write_all(answer).await;
+            });
+        }
+    });
+    (url, got)
+}
