@@ -5,8 +5,8 @@
 //! # Layout
 //! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside. Config,
 //! error kinds and templates sit at the bottom: everything may use them, they use nothing above. No two
-//! modules import each other, directly or round a circle: bottom ← `stream` ← `control::{auth, tokens}`,
-//! `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::pull`, `output::progressive`,
+//! modules import each other, directly or round a circle: bottom ← `stream` ←
+//! `control::{auth, tokens, hooks, extauth}`, `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::pull`, `output::progressive`,
 //! `output::dash`, `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
 //! (`tests/layers.rs` checks it).
 //!
@@ -34,8 +34,10 @@
 //! - [`state`]: what every handler shares (`AppState`: config, registry, limits, tokens, pulls; the stream
 //!   factory) and what the accept loop tells a handler of its connection (`ConnInfo`).
 //! - [`control`]: `control::app` (startup, the server task, shutdown), `control::api` (`/api/v1`,
-//!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web` (the status and watch pages, and
-//!   `/player.js`, the low-latency player: `control/player.js`, plain JavaScript served as it is).
+//!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web` (the
+//!   status and watch pages, and `/player.js`, the low-latency player: `control/player.js`, plain JavaScript
+//!   served as it is), `control::hooks` (`--hook-url`: stream and token events out, queued apart from the
+//!   media) and `control::extauth` (`--auth-url`: a platform's endpoint decides pushes and views).
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
 //!   connection whose first request is a watch skips hyper); error kind → HTTP status and the JSON error body.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with; the
