@@ -1314,6 +1314,12 @@ async fn an_external_auth_service_allows_and_refuses_pushes_and_views() {
             .any(|q| q["action"] == "view" && q["stream"] == "guarded"),
         "{asked:?}"
     );
+    let metrics = get_text(&format!("http://{}/metrics", server.addr)).await;
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("transcast_auth_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(refused >= Some(3), "three refusals counted: {metrics}");
 }
 
 /// An auth service that does not answer within `--auth-timeout` means `--auth-default`: deny (503) or allow.

@@ -647,6 +647,15 @@ async fn hooks_tell_a_stream_s_start_loss_return_and_end_in_order() {
             .iter()
             .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z')))
     );
+    let metrics = get_text(&format!("http://{}/metrics", server.addr)).await;
+    let sent = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("transcast_hook_events_sent_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        sent >= Some(4),
+        "the four delivered events counted: {metrics}"
+    );
 }
 
 /// A hook endpoint that takes the request and never answers holds up neither a push nor its viewer: they end as

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,8 +51,17 @@ enum Answer {
 
 type CacheKey = (Action, String, Option<IpAddr>, Option<String>);
 
+/// What `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub failures: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct ExternalAuth {
+    pub stats: AuthStats,
     url: String,
     timeout: Duration,
     default: AuthDefault,
@@ -65,6 +75,7 @@ impl ExternalAuth {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         ExternalAuth {
+            stats: AuthStats::default(),
             url: url.to_string(),
             timeout,
             default,
@@ -106,28 +117,16 @@ impl ExternalAuth {
                     cache.insert(cache_key, (Instant::now(), a.clone()));
                     a
                 }
-                Err(why) => match self.default {
-                    AuthDefault::Allow => {
-                        tracing::warn!(
-                            stream,
-                            action = action.as_str(),
-                            ?ip,
-                            "auth service failed ({why}): allowed by --auth-default allow"
-                        );
-                        Answer::Allow
-                    }
-                    AuthDefault::Deny => {
-                        return Err(Error::unavailable(format!(
-                            "the auth service did not decide whether to let this {} '{stream}' ({why}); --auth-default is deny",
-                            action.as_str()
-                        )));
-                    }
-                },
+                Err(why) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.fallback(action, stream, ip, &why)?
+                }
             },
         };
         match answer {
             Answer::Allow => Ok(()),
             Answer::Deny { status, message } => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let message = if message.is_empty() {
                     format!(
                         "the auth service does not let this client {} '{stream}'",
@@ -145,6 +144,31 @@ impl ExternalAuth {
         }
     }
 
+    /// `--auth-default` for a question the service left undecided.
+    fn fallback(
+        &self,
+        action: Action,
+        stream: &str,
+        ip: Option<IpAddr>,
+        why: &str,
+    ) -> Result<Answer> {
+        match self.default {
+            AuthDefault::Allow => {
+                tracing::warn!(
+                    stream,
+                    action = action.as_str(),
+                    ?ip,
+                    "auth service failed ({why}): allowed by --auth-default allow"
+                );
+                Ok(Answer::Allow)
+            }
+            AuthDefault::Deny => Err(Error::unavailable(format!(
+                "the auth service did not decide whether to let this {} '{stream}' ({why}); --auth-default is deny",
+                action.as_str()
+            ))),
+        }
+    }
+
     /// One question to the endpoint; `Err` when it gave no decision.
     async fn ask(
         &self,
@@ -153,6 +177,7 @@ impl ExternalAuth {
         ip: Option<IpAddr>,
         key: Option<&str>,
     ) -> std::result::Result<Answer, String> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let body = json!({
             "action": action.as_str(),
             "stream": stream,

@@ -174,6 +174,46 @@ impl Collector for StateCollector {
             "Frames dropped because a transcode fell behind real time",
             frames_dropped,
         )?;
+        for (name, help, v) in [
+            (
+                "transcast_hook_events_sent",
+                "--hook-url events the endpoint took (2xx)",
+                app.hooks.sent.load(Relaxed),
+            ),
+            (
+                "transcast_hook_events_failed",
+                "--hook-url events given up after every try",
+                app.hooks.failed.load(Relaxed),
+            ),
+            (
+                "transcast_hook_events_dropped",
+                "--hook-url events dropped because the queue was full",
+                app.hooks.dropped.load(Relaxed),
+            ),
+        ] {
+            counter(&mut enc, name, help, v)?;
+        }
+        if let Some(a) = &app.ext_auth {
+            for (name, help, v) in [
+                (
+                    "transcast_auth_requests",
+                    "Questions sent to --auth-url (cached answers not counted)",
+                    a.stats.requests.load(Relaxed),
+                ),
+                (
+                    "transcast_auth_refused",
+                    "Pushes and views --auth-url refused (401/403, cached answers included)",
+                    a.stats.refused.load(Relaxed),
+                ),
+                (
+                    "transcast_auth_failures",
+                    "Questions --auth-url left undecided (--auth-default applied)",
+                    a.stats.failures.load(Relaxed),
+                ),
+            ] {
+                counter(&mut enc, name, help, v)?;
+            }
+        }
         if let Some(rt) = rt_min {
             let g = ConstGauge::new(rt);
             let m = enc.encode_descriptor(
