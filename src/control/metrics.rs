@@ -174,7 +174,7 @@ impl Collector for StateCollector {
             "Frames dropped because a transcode fell behind real time",
             frames_dropped,
         )?;
-        for (name, help, v) in [
+        let mut outgoing = vec![
             (
                 "transcast_hook_events_sent",
                 "--hook-url events the endpoint took (2xx)",
@@ -190,11 +190,9 @@ impl Collector for StateCollector {
                 "--hook-url events dropped because the queue was full",
                 app.hooks.dropped.load(Relaxed),
             ),
-        ] {
-            counter(&mut enc, name, help, v)?;
-        }
+        ];
         if let Some(a) = &app.ext_auth {
-            for (name, help, v) in [
+            outgoing.extend([
                 (
                     "transcast_auth_requests",
                     "Questions sent to --auth-url (cached answers not counted)",
@@ -210,9 +208,10 @@ impl Collector for StateCollector {
                     "Questions --auth-url left undecided (--auth-default applied)",
                     a.stats.failures.load(Relaxed),
                 ),
-            ] {
-                counter(&mut enc, name, help, v)?;
-            }
+            ]);
+        }
+        for (name, help, v) in outgoing {
+            counter(&mut enc, name, help, v)?;
         }
         if let Some(rt) = rt_min {
             let g = ConstGauge::new(rt);

@@ -737,14 +737,15 @@ pub fn long_clip(kind: &str) -> Bytes {
         .clone()
 }
 
-/// A platform's hook endpoint on a loopback port: records each POSTed JSON body, answering 204 on a keep-alive
-/// connection, or never answering at all.
-pub async fn hook_receiver(
-    answer: bool,
+/// A JSON endpoint on a loopback port, as a platform runs one for transcast: records each POSTed body (requests
+/// read one after another on a keep-alive connection) and answers what `respond` gives for it, or never (`None`).
+pub async fn json_endpoint(
+    path: &str,
+    respond: fn(&serde_json::Value) -> Option<&'static [u8]>,
 ) -> (String, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
     let got = std::sync::Arc::new(Mutex::new(Vec::new()));
     let seen = got.clone();
     tokio::spawn(async move {
@@ -753,7 +754,18 @@ pub async fn hook_receiver(
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    let request = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|end| {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        (end + 4, len)
+                    });
+                    let Some((start, len)) =
+                        request.filter(|(start, len)| buf.len() >= start + len)
+                    else {
                         let mut b = [0u8; 4096];
                         match sock.read(&mut b).await {
                             Ok(0) | Err(_) => return,
@@ -761,28 +773,14 @@ pub async fn hook_receiver(
                         }
                         continue;
                     };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        let mut b = [0u8; 4096];
-                        match sock.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
-                    seen.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&body).unwrap());
-                    if !answer {
+                    let body: Vec<u8> = buf.drain(..start + len).skip(start).collect();
+                    let q: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    seen.lock().unwrap().push(q.clone());
+                    let Some(answer) = respond(&q) else {
                         std::future::pending::<()>().await;
-                    }
-                    let ok = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
-                    if sock.write_all(ok).await.is_err() {
+                        return;
+                    };
+                    if sock.write_all(answer).await.is_err() {
                         return;
                     }
                 }
@@ -792,52 +790,30 @@ pub async fn hook_receiver(
     (url, got)
 }
 
-/// A platform's auth endpoint (`--auth-url`) on a loopback port: lets in the key `good` (204), refuses `nope`
-/// (403 with a message) and a missing key (401); with `silent`, takes the request and never answers. Each
-/// request's JSON is recorded.
+/// A platform's hook endpoint: records each event, answering 204, or never answering at all.
+pub async fn hook_receiver(
+    answer: bool,
+) -> (String, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
+    const OK: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+    if answer {
+        json_endpoint("/hooks", |_| Some(OK)).await
+    } else {
+        json_endpoint("/hooks", |_| None).await
+    }
+}
+
+/// A platform's auth endpoint (`--auth-url`): lets in the key `good` (204), refuses `nope` (403 with a message)
+/// and a missing key (401); with `silent`, takes the request and never answers. Each question is recorded.
 pub async fn auth_service(silent: bool) -> (String, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/auth", listener.local_addr().unwrap());
-    let got = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let seen = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let (end, len) = loop {
-                    let mut b = [0u8; 4096];
-                    match sock.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break (end, len);
-                        }
-                    }
-                };
-                let q: serde_json::Value =
-                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
-                seen.lock().unwrap().push(q.clone());
-                if silent {
-                    std::future::pending::<()>().await;
-                }
-                let answer: &[u8] = match q["key"].as_str() {
-                    Some("good") => b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    Some(_) => b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"message\": \"not yours\"}\n",
-                    None => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                };
-                let _ = sock.write_all(answer).await;
-            });
-        }
-    });
-    (url, got)
+    if silent {
+        return json_endpoint("/auth", |_| None).await;
+    }
+    json_endpoint("/auth", |q| {
+        Some(match q["key"].as_str() {
+            Some("good") => b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+            Some(_) => b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 25\r\n\r\n{\"message\": \"not yours\"}\n",
+            None => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+        })
+    })
+    .await
 }
