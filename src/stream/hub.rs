@@ -521,12 +521,13 @@ impl Hub {
         wait: Duration,
     ) -> Result<Subscription, SubscribeError> {
         let rx = self.head_tx.subscribe();
-        // A reader that was there before the stream had any media gets it from its first keyframe, even when the
-        // writer releases several keyframe groups at once behind the header.
-        let from_start = self.wait_header(wait).await?;
+        let waited = self.wait_header(wait).await?;
         let (cursor, has_video, header) = {
             let inner = self.inner.lock().unwrap();
             let head = inner.head();
+            // A reader that was there before the stream had any media (no header yet, or a header and no block)
+            // gets it from its first keyframe, even when the writer releases several keyframe groups at once.
+            let from_start = waited || head == 0;
             let cursor = match (join, inner.joins.back()) {
                 _ if from_start => Cursor::WaitJoin {
                     after: inner.base,
@@ -1049,6 +1050,30 @@ mod tests {
         assert_eq!(got.len(), 1 + 4);
         assert!(got[1].starts_with(&[0x1F, 0x43, 0xB6, 0x75]));
         assert_eq!(*got[1].last().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn reader_between_the_header_and_the_first_block_gets_the_first_keyframe() {
+        let h = hub(JoinMode::Gop, 5000);
+        let mut p = Publisher::new(h.clone());
+        // The header is published when the first cluster starts, before its first block.
+        p.push(&header(true)).unwrap();
+        p.push(&cluster(0)).unwrap();
+        assert!(h.has_header() && h.published_chunks() == 0);
+        let mut s = reader(&h).await;
+        // Then a burst of three keyframe groups, as a fast upload's writer releases them.
+        p.push(&block(2, true, 0)).unwrap();
+        for key in [true, false, false] {
+            p.push(&block(1, key, 0)).unwrap();
+        }
+        publish_gops(&mut p, 1, 2);
+        let got = read_available(&mut s).await;
+        assert_eq!(
+            got.len(),
+            1 + 3 * 4,
+            "header, then every group from the first: {}",
+            got.len()
+        );
     }
 
     #[tokio::test]
