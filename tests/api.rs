@@ -1345,3 +1345,97 @@ async fn a_silent_auth_service_means_the_configured_default() {
         assert_eq!(r.status, want, "{default:?}: {}", r.json);
     }
 }
+
+/// `--hook-url`: a platform hears of a stream's start, its source's loss and return, and its end, in that order,
+/// numbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_tell_a_stream_s_start_loss_return_and_end_in_order() {
+    let (url, got) = hook_receiver(true).await;
+    let server = Server::start(|a| {
+        a.pace = true;
+        a.fallback = transcast::config::Fallback::Slate;
+        a.resume_grace = 0.5;
+        a.hook_url = Some(url);
+    })
+    .await;
+    let data = media(Media::MpegTs);
+    let mut sock = raw_push(&server, "hooked").await;
+    for c in chunk(&data, 16 << 10).into_iter().take(8) {
+        send_chunk(&mut sock, &c).await;
+    }
+    wait_state(&server, "hooked", "live", Duration::from_secs(10)).await;
+    drop(sock);
+    wait_state(&server, "hooked", "fallback", Duration::from_secs(10)).await;
+    let back = push(&server.url("hooked"), media(Media::WebmVp8Vorbis), false).await;
+    assert_eq!(back.status, 200, "{}", back.json);
+    server.wait_gone("hooked").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events: Vec<serde_json::Value> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["stream"] == "hooked")
+            .cloned()
+            .collect();
+        if events.iter().any(|e| e["event"] == "stream_ended")
+            || tokio::time::Instant::now() > deadline
+        {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "stream_started",
+            "source_lost",
+            "source_resumed",
+            "stream_ended"
+        ],
+        "{events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
+    let metrics = get_text(&format!("http://{}/metrics", server.addr)).await;
+    let sent = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("transcast_hook_events_sent_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        sent >= Some(4),
+        "the four delivered events counted: {metrics}"
+    );
+}
+
+/// A hook endpoint that takes the request and never answers holds up neither a push nor its viewer: they end as
+/// they would without it, while the hook is still waiting for its first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_endpoint_that_never_answers_delays_nothing() {
+    let (url, got) = hook_receiver(false).await;
+    let server = Server::start(|a| a.hook_url = Some(url)).await;
+    let (pushed, watched) =
+        push_and_watch(&server.url("unheard"), media(Media::WebmVp8Vorbis), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert!(decode(&watched.body).video_frames >= FRAMES * 85 / 100);
+    server.wait_gone("unheard").await;
+    assert!(!got.lock().unwrap().is_empty(), "the hook was called");
+    assert_eq!(
+        server
+            .state
+            .hooks
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "and never answered"
+    );
+}
