@@ -215,6 +215,13 @@ impl Track {
             r.force_keyframe();
         }
     }
+
+    /// Lets the re-encoder's output into the track only while raw media is what the track shows.
+    fn reencode(&self, raw: bool) {
+        if let Some(r) = &self.reencoder {
+            r.set_open(raw);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -703,6 +710,11 @@ impl Stream {
     /// A source went on air: the stream is live, and a switch is a keyframe for every encoded track.
     fn go_on_air(&self, inner: &mut Inner) {
         self.media_zero_us.store(i64::MAX, Ordering::Relaxed);
+        if let Some(c) = &inner.current {
+            for t in &inner.tracks {
+                t.reencode(c.raw(t));
+            }
+        }
         match self.state() {
             State::Fallback => {
                 self.counters.resumes.fetch_add(1, Ordering::Relaxed);
@@ -750,6 +762,7 @@ impl Stream {
                 inner.fallback_since = Some(Instant::now());
                 tracing::info!(stream = %self.name, linger = ?self.settings.linger, "source lost: on the fallback");
                 for t in &inner.tracks {
+                    t.reencode(true);
                     t.force_keyframe();
                 }
                 self.set_state(State::Fallback);

@@ -89,9 +89,17 @@ pub struct Reencoder {
     pub caps: gst::Caps,
     appsrc: gst_app::AppSrc,
     encoder: Option<gst::Element>,
+    /// Whether what it encodes reaches the track. Shut while the track's own source is on air, so a picture
+    /// still in the encoder at a switch never comes out after that source's keyframe.
+    open: Arc<Mutex<bool>>,
 }
 
 impl Reencoder {
+    /// Opens or shuts the way to the track. Once this returns shut, nothing more of it reaches the track.
+    pub fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = open;
+    }
+
     pub fn input(&self) -> TrackInputHandle {
         TrackInputHandle(self.appsrc.clone())
     }
@@ -414,11 +422,16 @@ impl Output {
         // playing pipeline back in PAUSED.
         sink.set_property("async", false);
         let target = track.input();
+        let open = Arc::new(Mutex::new(false));
+        let gate = open.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    // Held while pushing: a switch that shuts the gate waits for this push, not after it.
+                    let open = gate.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(b) = sample.buffer_owned()
+                        && *open
                         && !b.flags().contains(gst::BufferFlags::HEADER)
                     {
                         target.push(b);
@@ -439,6 +452,7 @@ impl Output {
             caps: raw,
             appsrc,
             encoder: find_encoder(&bin),
+            open,
         }))
     }
 
