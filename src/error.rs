@@ -37,6 +37,23 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The HTTP status a client gets for it (SRT refusals send the same numbers, plus 1000).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Kind::BadRequest => 400,
+            Kind::Unauthorized => 401,
+            Kind::Forbidden => 403,
+            Kind::NotFound => 404,
+            Kind::Busy => 409,
+            Kind::BadOffset => 416,
+            Kind::UnsupportedMedia => 415,
+            Kind::Unavailable => 503,
+            Kind::BadGateway => 502,
+            Kind::GatewayTimeout => 504,
+            Kind::Pipeline | Kind::Internal => 500,
+        }
+    }
+
     /// Stable machine-readable code for the JSON body.
     pub fn code(self) -> &'static str {
         match self {

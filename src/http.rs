@@ -396,19 +396,7 @@ impl AsyncWrite for Prefixed {
 
 /// The HTTP status of an error kind.
 pub fn status(kind: Kind) -> StatusCode {
-    match kind {
-        Kind::BadRequest => StatusCode::BAD_REQUEST,
-        Kind::Unauthorized => StatusCode::UNAUTHORIZED,
-        Kind::Forbidden => StatusCode::FORBIDDEN,
-        Kind::NotFound => StatusCode::NOT_FOUND,
-        Kind::Busy => StatusCode::CONFLICT,
-        Kind::BadOffset => StatusCode::RANGE_NOT_SATISFIABLE,
-        Kind::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Kind::BadGateway => StatusCode::BAD_GATEWAY,
-        Kind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Kind::Pipeline | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 #[derive(Serialize)]

@@ -6,8 +6,8 @@
 //! Sources feed streams; a stream outlives its sources and feeds its outputs; control sits beside. Config,
 //! error kinds and templates sit at the bottom: everything may use them, they use nothing above. No two
 //! modules import each other, directly or round a circle: bottom ← `stream` ←
-//! `control::{auth, tokens, hooks, extauth}`, `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::pull`, `output::progressive`,
-//! `output::dash`, `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
+//! `control::{auth, tokens, hooks, extauth}`, `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::srt`, `source::pull`,
+//! `output::progressive`, `output::dash`, `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
 //! (`tests/layers.rs` checks it).
 //!
 //! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,

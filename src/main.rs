@@ -144,8 +144,9 @@ fn main() -> anyhow::Result<()> {
 /// journald gets plain lines), or JSON lines.
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    let filter =
-        EnvFilter::try_from_env("TRANSCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("TRANSCAST_LOG")
+        // srt-tokio logs each connection's handshake and close at info: the SRT source's own lines say it.
+        .unwrap_or_else(|_| EnvFilter::new("info,srt_protocol=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),

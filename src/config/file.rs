@@ -210,6 +210,11 @@ mod tests {
             r#""127.0.0.1:9999""#,
             &["--listen", "127.0.0.1:9999"],
         ),
+        (
+            "srt-listen",
+            r#""127.0.0.1:9000""#,
+            &["--srt-listen", "127.0.0.1:9000"],
+        ),
         ("log-format", r#""json""#, &["--log-format", "json"]),
         (
             "pipelines",

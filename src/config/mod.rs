@@ -164,6 +164,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080", env = "TRANSCAST_LISTEN")]
     pub listen: SocketAddr,
 
+    /// Address of an SRT listener (off by default): callers (OBS, `ffmpeg -f mpegts srt://…`, `srtsink`) push
+    /// MPEG-TS to the stream their streamid names, `publish:NAME` (`publish:NAME:KEY` with the token server)
+    /// or `#!::r=NAME,m=publish[,s=KEY]`; many callers share the port. Needs libsrt 1.5 (libsrt1.5-gnutls).
+    #[arg(long, value_name = "ADDR")]
+    pub srt_listen: Option<SocketAddr>,
+
     /// Directory of pipeline templates (`*.pipeline`) that override the embedded ones, file by file.
     #[arg(long, env = "TRANSCAST_PIPELINES")]
     pub pipelines: Option<PathBuf>,
@@ -425,6 +431,7 @@ impl Default for ServeArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub srt_listen: Option<SocketAddr>,
     pub pipelines_dir: Option<PathBuf>,
     pub join: JoinMode,
     pub max_lag: Duration,
@@ -584,6 +591,7 @@ impl Config {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Config {
             listen: a.listen,
+            srt_listen: a.srt_listen,
             pipelines_dir: a.pipelines,
             join: a.join,
             max_lag: secs("max-lag", a.max_lag)?,

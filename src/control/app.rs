@@ -22,6 +22,8 @@ use crate::templates::Templates;
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The SRT listener's address (`--srt-listen`).
+    pub srt_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<()>,
 }
@@ -73,6 +75,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config,
     });
     let _ = state.metrics.set(crate::control::metrics::registry(&state));
+    let srt_addr = match state.config.srt_listen {
+        Some(a) => Some(crate::source::srt::listen(state.clone(), a).await?.addr),
+        None => None,
+    };
     for p in &state.config.pulls {
         let pull = Pull::new(&p.name, vec![p.url.clone()], PullKind::Relay, false);
         crate::source::pull::declare(&state, pull)?;
@@ -91,7 +97,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         origins = ?state.config.origins,
         "transcast listening"
     );
-    Ok(Running { addr, state, task })
+    Ok(Running {
+        addr,
+        srt_addr,
+        state,
+        task,
+    })
 }
 
 /// How long shutdown waits for streams to end (their pushes answered, their viewers' responses ended) and

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod pull;
 pub mod pulls;
 pub mod push;
+pub mod srt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

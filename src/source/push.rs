@@ -212,29 +212,7 @@ async fn run(
 ) -> Result<PushSummary> {
     registry::validate_name(name)?;
     let session = authorize(app, name, creds)?;
-    let cfg = &app.config;
-    let (stream, reservation) = app
-        .registry
-        .open(name, || app.new_stream(name, session.as_ref(), None))?;
-    if let Some(r) = reservation {
-        app.tasks.spawn(stream.clone().run(r));
-    }
-    let (feeder, rx) = stream.claim()?;
-    app.tasks.spawn(crate::source::run(
-        stream.clone(),
-        feeder.clone(),
-        rx,
-        SourceContext {
-            templates: app.templates.clone(),
-            pace: cfg.pace,
-            resume_grace: cfg.resume_grace,
-            session,
-            peer,
-            url: None,
-            end_falls_back: false,
-            limits: cfg.input_limits,
-        },
-    ));
+    let (stream, feeder) = start_source(app, name, session, peer, None)?;
     *polled = true;
     let end = spawn_feed(app, &stream, &feeder, body).await;
     if end != End::Aborted {
@@ -256,6 +234,43 @@ async fn run(
         .and_then(|s| s.container)
         .unwrap_or("unknown");
     Ok(summary(&stream, &feeder, end, input))
+}
+
+/// Opens (or creates) the stream `name` and claims it for a new source whose bytes are then fed with
+/// [`spawn_feed`]: the source task typefinds them and starts its pipeline. `url` says where a source that is
+/// not an HTTP push comes from (the API shows it); such a source's clean end is a loss (it has no
+/// continuation pieces: the stream falls back and waits for the next one).
+pub(crate) fn start_source(
+    app: &Arc<AppState>,
+    name: &str,
+    session: Option<Session>,
+    peer: Option<std::net::SocketAddr>,
+    url: Option<String>,
+) -> Result<(Arc<Stream>, Arc<Feeder>)> {
+    let cfg = &app.config;
+    let (stream, reservation) = app
+        .registry
+        .open(name, || app.new_stream(name, session.as_ref(), None))?;
+    if let Some(r) = reservation {
+        app.tasks.spawn(stream.clone().run(r));
+    }
+    let (feeder, rx) = stream.claim()?;
+    app.tasks.spawn(crate::source::run(
+        stream.clone(),
+        feeder.clone(),
+        rx,
+        SourceContext {
+            templates: app.templates.clone(),
+            pace: cfg.pace,
+            resume_grace: cfg.resume_grace,
+            session,
+            peer,
+            end_falls_back: url.is_some(),
+            url,
+            limits: cfg.input_limits,
+        },
+    ));
+    Ok((stream, feeder))
 }
 
 /// Waits (within [`START_TIMEOUT`]) until a source's media reached its stream, it failed or ended, or its
@@ -328,7 +343,7 @@ async fn continuation(
 /// Feeds the request's body from a task of its own, so the input is ended properly (complete, or lost) even
 /// when hyper drops this request's future: a client that closes the connection after its last byte
 /// without reading the answer (ffmpeg does) still ends its input cleanly.
-async fn spawn_feed(
+pub(crate) async fn spawn_feed(
     app: &Arc<AppState>,
     stream: &Arc<Stream>,
     feeder: &Arc<Feeder>,
@@ -435,10 +450,28 @@ fn summary(stream: &Stream, feeder: &Feeder, end: End, input: &'static str) -> P
 /// With the token server on, a push needs a live session for its name and, unless it is a compat session,
 /// the session's push key. Failures are 401 and logged (rate-limited) with the caller's address.
 fn authorize(app: &AppState, name: &str, creds: &Credentials) -> Result<Option<Session>> {
+    let key = auth::presented_key(&creds.headers, creds.token.as_deref());
+    authorize_key(
+        app,
+        name,
+        creds.ip,
+        key,
+        "send Authorization: Bearer KEY or ?token=KEY",
+    )
+}
+
+/// The token server's check of a new source for `name` presenting `key` (`how` says how a key is sent).
+pub(crate) fn authorize_key(
+    app: &AppState,
+    name: &str,
+    ip: Option<std::net::IpAddr>,
+    key: Option<&str>,
+    how: &str,
+) -> Result<Option<Session>> {
     if !app.config.token_server_enabled() {
         return Ok(None);
     }
-    let ip = creds.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let ip = ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let fail = |why: &str| {
         app.auth_failures
             .record(ip, &format!("push to '{name}': {why}"));
@@ -453,10 +486,10 @@ fn authorize(app: &AppState, name: &str, creds: &Credentials) -> Result<Option<S
         return Err(fail("the session has expired"));
     }
     if let Some(hash) = &session.push_key_sha256 {
-        match auth::presented_key(&creds.headers, creds.token.as_deref()) {
+        match key {
             Some(k) if auth::secret_matches(k, hash) => {}
             Some(_) => return Err(fail("wrong key")),
-            None => return Err(fail("no key: send Authorization: Bearer KEY or ?token=KEY")),
+            None => return Err(fail(&format!("no key: {how}"))),
         }
     }
     Ok(Some(session))

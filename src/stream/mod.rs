@@ -265,6 +265,14 @@ impl Inner {
     fn is_claimed(&self, id: u64) -> bool {
         self.claimed.as_ref().is_some_and(|f| f.id == id)
     }
+
+    fn is_taken(&self) -> bool {
+        self.claimed.is_some()
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.feeder.is_receiving())
+    }
 }
 
 #[derive(Debug)]
@@ -401,12 +409,7 @@ impl Stream {
                 self.name
             )));
         }
-        if inner.claimed.is_some()
-            || inner
-                .current
-                .as_ref()
-                .is_some_and(|c| c.feeder.is_receiving())
-        {
+        if inner.is_taken() {
             return Err(Error::new(
                 crate::error::Kind::Busy,
                 format!("stream '{}' is already being pushed", self.name),
@@ -417,6 +420,11 @@ impl Stream {
         let feeder = Arc::new(feeder);
         inner.claimed = Some(feeder.clone());
         Ok((feeder, rx))
+    }
+
+    /// Whether a new source would be refused as busy ([`Stream::claim`]'s 409): one is being received.
+    pub fn is_taken(&self) -> bool {
+        self.inner().is_taken()
     }
 
     /// A claimed push that never became a source (refused before it started): a stream it created ends.

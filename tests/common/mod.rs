@@ -35,6 +35,8 @@ pub fn init() {
 /// A daemon in this process, stopped on drop.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The SRT listener (`--srt-listen`).
+    pub srt_addr: Option<SocketAddr>,
     pub state: Arc<transcast::state::AppState>,
     shutdown: CancellationToken,
     /// The state directory, unless the caller chose one.
@@ -69,6 +71,7 @@ impl Server {
         let running = transcast::control::app::start(config, shutdown.clone()).await?;
         Ok(Server {
             addr: running.addr,
+            srt_addr: running.srt_addr,
             state: running.state,
             shutdown,
             _state_dir: own_dir.then_some(state_dir),
