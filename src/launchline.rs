@@ -152,9 +152,9 @@ pub fn describe(input: &Path, output: &Path, templates: &Templates) -> Result<La
             "video/x-vp8" | "video/x-vp9" | "audio/x-vorbis" | "audio/x-opus"
         );
         let (pass, enc) = if is_video {
-            (Part::VideoPassthrough, Part::VideoEncode)
+            (Part::VideoPassthrough, templates.encoder(true))
         } else {
-            (Part::AudioPassthrough, Part::AudioEncode)
+            (Part::AudioPassthrough, templates.encoder(false))
         };
         let branch = match (matroska, web) {
             (true, true) => format!("demux.{kind}_0 ! {}", templates.text(pass)),

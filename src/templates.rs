@@ -10,7 +10,7 @@ use std::path::Path;
 use gst::prelude::*;
 use gstreamer as gst;
 
-use crate::config::EncodeSettings;
+use crate::config::{AudioCodec, EncodeSettings, VideoCodec};
 use crate::error::{Error, Result};
 
 /// The parts a stream's pipeline is assembled from.
@@ -20,8 +20,12 @@ pub enum Part {
     Decode,
     /// One element with dynamic encoded pads, for Matroska/WebM input.
     DemuxMatroska,
+    /// Raw → VP8 (`--video-codec vp8`).
     VideoEncode,
+    /// Raw → Vorbis (`--audio-codec vorbis`).
     AudioEncode,
+    VideoEncodeVp9,
+    AudioEncodeOpus,
     VideoPassthrough,
     AudioPassthrough,
     /// One element with `video_%u`/`audio_%u` request pads.
@@ -34,11 +38,13 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 11] = [
+    pub const ALL: [Part; 13] = [
         Part::Decode,
         Part::DemuxMatroska,
         Part::VideoEncode,
         Part::AudioEncode,
+        Part::VideoEncodeVp9,
+        Part::AudioEncodeOpus,
         Part::VideoPassthrough,
         Part::AudioPassthrough,
         Part::Mux,
@@ -54,6 +60,8 @@ impl Part {
             Part::DemuxMatroska => "demux-matroska.pipeline",
             Part::VideoEncode => "video-encode.pipeline",
             Part::AudioEncode => "audio-encode.pipeline",
+            Part::VideoEncodeVp9 => "video-encode-vp9.pipeline",
+            Part::AudioEncodeOpus => "audio-encode-opus.pipeline",
             Part::VideoPassthrough => "video-passthrough.pipeline",
             Part::AudioPassthrough => "audio-passthrough.pipeline",
             Part::Mux => "mux.pipeline",
@@ -70,6 +78,8 @@ impl Part {
             Part::DemuxMatroska => include_str!("../pipelines/demux-matroska.pipeline"),
             Part::VideoEncode => include_str!("../pipelines/video-encode.pipeline"),
             Part::AudioEncode => include_str!("../pipelines/audio-encode.pipeline"),
+            Part::VideoEncodeVp9 => include_str!("../pipelines/video-encode-vp9.pipeline"),
+            Part::AudioEncodeOpus => include_str!("../pipelines/audio-encode-opus.pipeline"),
             Part::VideoPassthrough => include_str!("../pipelines/video-passthrough.pipeline"),
             Part::AudioPassthrough => include_str!("../pipelines/audio-passthrough.pipeline"),
             Part::Mux => include_str!("../pipelines/mux.pipeline"),
@@ -90,6 +100,8 @@ impl Part {
 #[derive(Debug, Clone)]
 pub struct Templates {
     texts: Vec<(Part, String)>,
+    /// The encoder parts the settings chose (video, audio).
+    encoders: (Part, Part),
 }
 
 impl Templates {
@@ -117,7 +129,19 @@ impl Templates {
                 .map_err(|e| Error::pipeline(format!("template {}: {e}", part.file_name())))?;
             texts.push((part, text));
         }
-        let t = Templates { texts };
+        let t = Templates {
+            texts,
+            encoders: (
+                match settings.video_codec {
+                    VideoCodec::Vp8 => Part::VideoEncode,
+                    VideoCodec::Vp9 => Part::VideoEncodeVp9,
+                },
+                match settings.audio_codec {
+                    AudioCodec::Vorbis => Part::AudioEncode,
+                    AudioCodec::Opus => Part::AudioEncodeOpus,
+                },
+            ),
+        };
         for part in Part::ALL {
             if part.is_single_element() {
                 t.element(part)?;
@@ -126,6 +150,15 @@ impl Templates {
             }
         }
         Ok(t)
+    }
+
+    /// The part that encodes raw video (`video`) or audio in the codec the settings chose.
+    pub fn encoder(&self, video: bool) -> Part {
+        if video {
+            self.encoders.0
+        } else {
+            self.encoders.1
+        }
     }
 
     /// The filled gst-launch text of a part.

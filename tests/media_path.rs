@@ -458,6 +458,33 @@ async fn transcode_output_is_capped_in_size_and_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcode_to_vp9_and_opus_plays() {
+    let server = Server::start(|a| {
+        a.encode.video_codec = transcast::config::VideoCodec::Vp9;
+        a.encode.audio_codec = transcast::config::AudioCodec::Opus;
+        a.encode.audio_kbps = 48;
+    })
+    .await;
+    let (pushed, watched) =
+        push_and_watch(&server.url("nine"), media(Media::Mp4Faststart), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    let streams = ffprobe(&watched.body).expect("ffprobe reads it");
+    let codecs: Vec<&str> = streams.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(codecs, ["vp9", "opus"], "{streams:?}");
+    let d = decode(&watched.body);
+    assert!(
+        d.video_frames.abs_diff(FRAMES) <= 3,
+        "{} frames",
+        d.video_frames
+    );
+    assert!(
+        d.audio_ns > (SECONDS - 1) * 1_000_000_000,
+        "{} ns of audio",
+        d.audio_ns
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcode_that_cannot_keep_real_time_drops_frames_and_says_so() {
     // A video-encode template whose encoder takes 70 ms a frame: at 30 fps it falls behind real time.
     let dir = tempfile::tempdir().unwrap();

@@ -234,6 +234,9 @@ mod tests {
         ("video-kbps", "900", &["--video-kbps", "900"]),
         ("keyframe-interval", "2.5", &["--keyframe-interval", "2.5"]),
         ("audio-quality", "0.5", &["--audio-quality", "0.5"]),
+        ("video-codec", r#""vp9""#, &["--video-codec", "vp9"]),
+        ("audio-codec", r#""opus""#, &["--audio-codec", "opus"]),
+        ("audio-kbps", "64", &["--audio-kbps", "64"]),
         ("max-gop-bytes", "1000000", &["--max-gop-bytes", "1000000"]),
         (
             "token-server",

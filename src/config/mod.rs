@@ -42,6 +42,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The video codec of a transcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    /// VP8 (`video-encode.pipeline`): every browser, least CPU.
+    #[default]
+    Vp8,
+    /// VP9 (`video-encode-vp9.pipeline`): fewer bits for the same picture, about twice the CPU.
+    Vp9,
+}
+
+/// The audio codec of a transcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioCodec {
+    /// Vorbis (`audio-encode.pipeline`), quality-based (`--audio-quality`).
+    #[default]
+    Vorbis,
+    /// Opus (`audio-encode-opus.pipeline`), at `--audio-kbps`: lower delay, what WebRTC speaks.
+    Opus,
+}
+
 /// Which WebM writer a stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Muxer {
@@ -374,7 +396,11 @@ pub struct EncodeArgs {
     #[arg(long, default_value_t = 30)]
     pub max_fps: u32,
 
-    /// VP8 target bitrate of a transcode, kbit/s.
+    /// Video codec of a transcode: `vp8` or `vp9`.
+    #[arg(long, value_enum, default_value_t = VideoCodec::Vp8)]
+    pub video_codec: VideoCodec,
+
+    /// Video target bitrate of a transcode, kbit/s.
     #[arg(long, default_value_t = 1500)]
     pub video_kbps: u32,
 
@@ -382,9 +408,17 @@ pub struct EncodeArgs {
     #[arg(long, default_value_t = 1.0)]
     pub keyframe_interval: f64,
 
+    /// Audio codec of a transcode: `vorbis` or `opus`.
+    #[arg(long, value_enum, default_value_t = AudioCodec::Vorbis)]
+    pub audio_codec: AudioCodec,
+
     /// Vorbis quality of a transcode, -0.1 to 1.0.
     #[arg(long, default_value_t = 0.3)]
     pub audio_quality: f64,
+
+    /// Opus bitrate of a transcode, kbit/s (6 to 510).
+    #[arg(long, default_value_t = 96)]
+    pub audio_kbps: u32,
 }
 
 impl EncodeArgs {
@@ -404,13 +438,19 @@ impl EncodeArgs {
         {
             return Err("--keyframe-interval must be within 0..60 seconds".into());
         }
+        if !(6..=510).contains(&self.audio_kbps) {
+            return Err("--audio-kbps must be within 6..510".into());
+        }
         Ok(EncodeSettings {
             max_width: self.max_width,
             max_height: self.max_height,
             max_fps: self.max_fps,
+            video_codec: self.video_codec,
             video_kbps: self.video_kbps.clamp(50, 50_000),
             keyframe_interval: self.keyframe_interval,
+            audio_codec: self.audio_codec,
             audio_quality: self.audio_quality,
+            audio_kbps: self.audio_kbps,
         })
     }
 }
@@ -540,9 +580,12 @@ pub struct EncodeSettings {
     pub max_width: u32,
     pub max_height: u32,
     pub max_fps: u32,
+    pub video_codec: VideoCodec,
     pub video_kbps: u32,
     pub keyframe_interval: f64,
+    pub audio_codec: AudioCodec,
     pub audio_quality: f64,
+    pub audio_kbps: u32,
 }
 
 impl Default for EncodeSettings {
@@ -567,6 +610,7 @@ impl EncodeSettings {
             ),
             ("keyframe_frames", keyframe_frames.to_string()),
             ("audio_quality", format!("{:.2}", self.audio_quality)),
+            ("audio_bitrate", (self.audio_kbps * 1000).to_string()),
         ]
     }
 }

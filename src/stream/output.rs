@@ -273,8 +273,7 @@ impl Output {
         let part = match (video, raw) {
             (true, false) => Part::VideoPassthrough,
             (false, false) => Part::AudioPassthrough,
-            (true, true) => Part::VideoEncode,
-            (false, true) => Part::AudioEncode,
+            (video, true) => self.templates.encoder(video),
         };
         let appsrc = media_appsrc(input.caps());
         let branch = self.templates.bin(part)?;
