@@ -59,6 +59,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/v1/streams/{name}/rtp"),
     ("get", "/api/v1/streams/{name}/sdp"),
     ("get", "/api/v1/pulls"),
+    ("get", "/api/v1/config"),
+    ("post", "/api/v1/config/reload"),
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/tokens/{session_id}"),
@@ -110,7 +112,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
-    let send_buffer = state.config.send_buffer;
+    let send_buffer = state.config().send_buffer;
     loop {
         let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {

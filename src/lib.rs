@@ -7,7 +7,7 @@
 //! error kinds and templates sit at the bottom: everything may use them, they use nothing above. No two
 //! modules import each other, directly or round a circle: bottom ← `stream` ←
 //! `control::{auth, tokens, hooks, extauth}`, `source::pulls` ← [`state`] ← the handlers (`source::push`, `source::srt`, `source::pull`,
-//! `output::progressive`, `output::dash`, `control::api`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
+//! `output::progressive`, `output::dash`, `control::api`, `control::reload`, `control::web`, `control::metrics`) ← [`http`] ← `control::app`
 //! (`tests/layers.rs` checks it).
 //!
 //! - [`source`]: what feeds a stream. `source::push` is `PUT`/`POST /live/{name}` (checks, feeding,
@@ -31,18 +31,21 @@
 //!   to caught-up viewers' sockets; the hub keeps who is parked). The RTP/UDP rebroadcast is a tap on the
 //!   stream's encoded tracks, so it lives in the stream: `stream::rtp` (rtpbin, targets changeable at runtime,
 //!   SDP).
-//! - [`state`]: what every handler shares (`AppState`: config, registry, limits, tokens, pulls; the stream
-//!   factory) and what the accept loop tells a handler of its connection (`ConnInfo`).
+//! - [`state`]: what every handler shares (`AppState`: the running configuration and its templates, which a
+//!   reload replaces whole; registry, limits, tokens, pulls; the stream factory, which applies a declared
+//!   stream's settings) and what the accept loop tells a handler of its connection (`ConnInfo`).
 //! - [`control`]: `control::app` (startup, the server task, shutdown), `control::api` (`/api/v1`,
 //!   `api::compat`, `api::dto`), `control::auth`, `control::tokens`, `control::metrics`, `control::web` (the
 //!   status and watch pages, and `/player.js`, the low-latency player: `control/player.js`, plain JavaScript
 //!   served as it is), `control::hooks` (`--hook-url`: stream and token events out, queued apart from the
-//!   media) and `control::extauth` (`--auth-url`: a platform's endpoint decides pushes and views).
+//!   media) and `control::extauth` (`--auth-url`: a platform's endpoint decides pushes and views), `control::reload`
+//!   (`SIGHUP`, `POST /api/v1/config/reload`: the config file read again and put in place, nobody dropped).
 //! - [`http`]: the router and the accept loop (per-connection kill tokens, socket options, shutdown; a
 //!   connection whose first request is a watch skips hyper); error kind → HTTP status and the JSON error body.
 //! - [`config`]: the command line, every limit with its default, values the templates are filled with; the
 //!   rules every layer checks against (address masks, stream names, RTP targets); `config::file` the same
-//!   options from a TOML file (`--config`, `transcast check-config`).
+//!   options from a TOML file (`--config`, `transcast check-config`); `config::streams` its `[[stream]]`
+//!   tables (declared streams: source, fallback, output profile, RTP targets, keys).
 //! - [`error`]: the one error type and its kinds (no HTTP: the media path builds without axum).
 //! - [`templates`]: the `pipelines/*.pipeline` gst-launch fragments, loaded and checked.
 //! - [`launchline`]: `transcast pipeline`: the equivalent gst-launch-1.0 line for a file, and running it.

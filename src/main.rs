@@ -85,33 +85,30 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let (args, loaded) = match args.config.clone() {
+            let (config, loaded) = match args.config.clone() {
                 // What follows `serve`: flags override the file.
                 Some(path) => {
                     let argv: Vec<_> = std::env::args_os().skip(2).collect();
-                    let (args, loaded) =
-                        config::file::serve_args(&path, &argv).map_err(anyhow::Error::msg)?;
-                    (args, Some(loaded))
+                    let (config, loaded) =
+                        config::file::load(&path, &argv).map_err(anyhow::Error::msg)?;
+                    (config, Some(loaded))
                 }
-                None => (args, None),
+                None => (Config::from_args(args).map_err(anyhow::Error::msg)?, None),
             };
-            init_logging(args.log_format);
+            init_logging(config.log_format);
             gstreamer::init().context("initialising GStreamer")?;
-            serve(args, loaded)
+            serve(config, loaded)
         }
         Command::CheckConfig { file } => {
             init_logging(LogFormat::Text);
             gstreamer::init().context("initialising GStreamer")?;
-            let (args, loaded) =
-                config::file::serve_args(&file, &[]).map_err(anyhow::Error::msg)?;
-            let config =
-                Config::from_args(args).map_err(|e| anyhow::Error::msg(loaded.locate(e)))?;
-            transcast::templates::Templates::load(config.pipelines_dir.as_deref(), &config.encode)
-                .map_err(|e| {
-                    anyhow::Error::msg(loaded.locate(format!("pipeline templates: {e}")))
-                })?;
+            let (config, loaded) = config::file::load(&file, &[]).map_err(anyhow::Error::msg)?;
+            let streams = config.streams.len();
+            transcast::state::Current::build(config).map_err(|e| {
+                anyhow::Error::msg(loaded.locate(format!("pipeline templates: {e}")))
+            })?;
             println!(
-                "{}: ok ({} keys, sha256 {})",
+                "{}: ok ({} keys, {streams} declared streams, sha256 {})",
                 file.display(),
                 loaded.keys,
                 loaded.sha256
@@ -156,15 +153,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(args: ServeArgs, loaded: Option<config::file::Loaded>) -> anyhow::Result<()> {
-    let config = Config::from_args(args).map_err(|e| {
-        anyhow::Error::msg(match &loaded {
-            Some(l) => l.locate(e),
-            None => e,
-        })
-    })?;
+fn serve(config: Config, loaded: Option<config::file::Loaded>) -> anyhow::Result<()> {
     if let Some(l) = &loaded {
-        tracing::info!(file = %l.file, keys = l.keys, sha256 = %l.sha256, "configuration file loaded");
+        tracing::info!(file = %l.file, keys = l.keys, streams = config.streams.len(), sha256 = %l.sha256, "configuration file loaded");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -24,11 +24,51 @@ use crate::stream::registry::Registry;
 use crate::stream::{Stream, StreamSettings};
 use crate::templates::Templates;
 
+/// The configuration the daemon runs with and the templates filled from it: what a reload replaces, whole.
+#[derive(Debug)]
+pub struct Current {
+    pub config: Arc<Config>,
+    pub templates: Arc<Templates>,
+    /// Templates filled with a declared stream's own profile, for those whose profile is not the flags'.
+    stream_templates: HashMap<String, Arc<Templates>>,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
+}
+
+impl Current {
+    /// Loads (and so checks) the templates `config` needs: the daemon's, and each declared stream's.
+    pub fn build(config: Config) -> Result<Current> {
+        let dir = config.pipelines_dir.as_deref();
+        let templates = Arc::new(Templates::load(dir, &config.encode)?);
+        let mut stream_templates = HashMap::new();
+        for d in config.streams.iter().filter(|d| d.encode != config.encode) {
+            let t = Templates::load(dir, &d.encode).map_err(|e| {
+                crate::error::Error::pipeline(format!("stream '{}': {}", d.name, e.message))
+            })?;
+            stream_templates.insert(d.name.clone(), Arc::new(t));
+        }
+        Ok(Current {
+            config: Arc::new(config),
+            templates,
+            stream_templates,
+            loaded_at: std::time::SystemTime::now(),
+        })
+    }
+
+    /// The templates a stream's output is built from.
+    pub fn templates_for(&self, name: &str) -> Arc<Templates> {
+        self.stream_templates
+            .get(name)
+            .unwrap_or(&self.templates)
+            .clone()
+    }
+}
+
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    pub config: Config,
-    pub templates: Arc<Templates>,
+    /// Read through [`AppState::config`]; replaced by a reload ([`AppState::install`]).
+    current: std::sync::RwLock<Arc<Current>>,
     pub registry: Arc<Registry>,
     /// Free transcode slots (`--max-transcodes`).
     pub transcodes: Arc<Semaphore>,
@@ -52,9 +92,75 @@ pub struct AppState {
     pub hooks: Arc<Hooks>,
     /// `--auth-url`: a platform's endpoint that decides who may push and watch.
     pub ext_auth: Option<ExternalAuth>,
+    /// How the configuration was loaded and reloaded.
+    pub reloads: std::sync::Mutex<ReloadStatus>,
+}
+
+/// The parts of [`AppState`] made from the configuration it starts with.
+pub struct Parts {
+    pub registry: Arc<Registry>,
+    pub transcodes: Arc<Semaphore>,
+    pub clients: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tokens: TokenStore,
+    pub hooks: Arc<Hooks>,
+    pub ext_auth: Option<ExternalAuth>,
+}
+
+/// Reloads so far, and how the last one went.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadStatus {
+    /// Reloads that took effect.
+    pub count: u64,
+    /// The last reload that failed (when, why); cleared by one that succeeds.
+    pub last_error: Option<(std::time::SystemTime, String)>,
 }
 
 impl AppState {
+    /// The shared state around a configuration and the parts made from it.
+    pub fn new(current: Current, p: Parts) -> AppState {
+        AppState {
+            current: std::sync::RwLock::new(Arc::new(current)),
+            registry: p.registry,
+            transcodes: p.transcodes,
+            clients: p.clients,
+            shutdown: p.shutdown,
+            tokens: p.tokens,
+            auth_failures: FailureLog::default(),
+            tasks: TaskTracker::new(),
+            connections: CancellationToken::new(),
+            metrics: Default::default(),
+            pulls: Default::default(),
+            view_checks: Default::default(),
+            hooks: p.hooks,
+            ext_auth: p.ext_auth,
+            reloads: Default::default(),
+        }
+    }
+
+    /// The configuration now (a reload may replace it; what a request read stays as it was).
+    pub fn config(&self) -> Arc<Config> {
+        self.current().config.clone()
+    }
+
+    /// The daemon's templates now.
+    pub fn templates(&self) -> Arc<Templates> {
+        self.current().templates.clone()
+    }
+
+    pub fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a new configuration in place; returns the one it replaces.
+    pub fn install(&self, next: Current) -> Arc<Current> {
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *cur, Arc::new(next))
+    }
+
     /// A new stream for `name` (not yet registered), with its hub and empty output pipeline; the session
     /// pushing it, if any, adds its RTP targets; `linger` overrides `--linger`.
     pub fn new_stream(
@@ -63,7 +169,9 @@ impl AppState {
         session: Option<&Session>,
         linger: Option<std::time::Duration>,
     ) -> Result<Arc<Stream>> {
-        let cfg = &self.config;
+        let current = self.current();
+        let cfg = &current.config;
+        let declared = cfg.declared(name);
         let hub = Hub::new(
             name,
             HubConfig {
@@ -78,12 +186,13 @@ impl AppState {
             &cfg.rtp_targets,
             session
                 .iter()
-                .flat_map(|s| s.outputs.rtp_udp.iter().copied()),
+                .flat_map(|s| s.outputs.rtp_udp.iter().copied())
+                .chain(declared.iter().flat_map(|d| d.rtp_targets.iter().copied())),
         );
         let output = Output::new(
             name,
             OutputContext {
-                templates: self.templates.clone(),
+                templates: current.templates_for(name),
                 transcodes: self.transcodes.clone(),
                 pace: cfg.pace,
                 rtp_targets,
@@ -95,10 +204,19 @@ impl AppState {
             name,
             hub,
             output,
-            StreamSettings {
-                fallback: cfg.fallback.clone(),
-                linger: linger.unwrap_or(cfg.linger),
-                encode: cfg.encode.clone(),
+            match declared {
+                Some(d) => StreamSettings {
+                    fallback: d.fallback.clone(),
+                    linger: linger.unwrap_or(d.linger),
+                    encode: d.encode.clone(),
+                    passthrough: d.passthrough,
+                },
+                None => StreamSettings {
+                    fallback: cfg.fallback.clone(),
+                    linger: linger.unwrap_or(cfg.linger),
+                    encode: cfg.encode.clone(),
+                    passthrough: true,
+                },
             },
             self.shutdown.child_token(),
         );

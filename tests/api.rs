@@ -1439,3 +1439,192 @@ async fn a_hook_endpoint_that_never_answers_delays_nothing() {
         "and never answered"
     );
 }
+
+/// The running configuration, as `GET /api/v1/config` says it.
+async fn config_json(api: &Api<'_>) -> Value {
+    let (st, v) = api
+        .call(Method::GET, "/api/v1/config", "/api/v1/config", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+async fn reload(api: &Api<'_>) -> (u16, Value) {
+    api.call(
+        Method::POST,
+        "/api/v1/config/reload",
+        "/api/v1/config/reload",
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_new_file_and_drops_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("pulled.webm");
+    std::fs::write(&clip, long_clip("webm")).unwrap();
+    let file = dir.path().join("reload.toml");
+    let pulled = |name: &str| {
+        format!(
+            "[[stream]]\nname = \"{name}\"\npull = \"file://{}\"\nlinger = 2\n",
+            clip.display()
+        )
+    };
+    let v1 = format!(
+        "max-clients = 50\nfallback = \"slate\"\n\n{}\n[[stream]]\nname = \"cam\"\nmax-width = 320\nfallback = \"none\"\n",
+        pulled("relay")
+    );
+    std::fs::write(&file, &v1).unwrap();
+    let server = Server::start_with_file(&file, &[]).await;
+    let api = Api { server: &server };
+    let before = config_json(&api).await;
+    assert_eq!(before["streams"], json!(["relay", "cam"]), "{before}");
+    assert_eq!(before["reloads"], 0);
+    assert!(before["file"].as_str().unwrap().ends_with("reload.toml"));
+
+    // What runs through the reload: a declared pull and its viewer, a push and 20 viewers.
+    wait_state(&server, "relay", "live", Duration::from_secs(10)).await;
+    let relay_viewer = tokio::spawn(capture(
+        open_watch(&server.url("relay")).await,
+        Duration::from_secs(40),
+    ));
+    let live = server.url("live1");
+    let pushing = tokio::spawn({
+        let live = live.clone();
+        async move { push(&live, long_clip("webm"), true).await }
+    });
+    let mut viewers = Vec::new();
+    for _ in 0..20 {
+        viewers.push(tokio::spawn(capture(
+            open_watch(&live).await,
+            Duration::from_secs(60),
+        )));
+    }
+    // The declared profile: at most 320 wide, VP8.
+    let (pushed, watched) =
+        push_and_watch(&server.url("cam"), media(Media::Mp4Faststart), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert_eq!(decode(&watched.body).width, 320);
+    server.wait_gone("cam").await;
+
+    let v2 = format!(
+        "max-clients = 60\nfallback = \"slate\"\n\n{}\n[[stream]]\nname = \"cam\"\nmax-width = 160\nvideo-codec = \"vp9\"\nfallback = \"none\"\n",
+        pulled("relay2")
+    );
+    std::fs::write(&file, &v2).unwrap();
+    let (st, r) = reload(&api).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["added"], json!(["relay2"]), "{r}");
+    assert_eq!(r["removed"], json!(["relay"]), "{r}");
+    assert_eq!(r["changed"], json!(["cam"]), "{r}");
+    assert_eq!(r["needs_restart"], json!([]), "{r}");
+    assert_eq!(r["config"]["reloads"], 1);
+    assert_ne!(r["config"]["sha256"], before["sha256"]);
+
+    // The removed pull stops: its stream shows its fallback, and ends when its linger (2 s) runs out.
+    wait_state(&server, "relay", "fallback", Duration::from_secs(5)).await;
+    server.wait_gone("relay").await;
+    let (body, clean) = relay_viewer.await.unwrap();
+    assert!(
+        clean,
+        "the removed stream's viewer was ended cleanly, not cut"
+    );
+    assert_eq!(ebml_headers(&body), 1);
+    assert!(decode(&body).video_frames > 30);
+    // The added one starts; the changed profile applies to the next source of its name.
+    wait_state(&server, "relay2", "live", Duration::from_secs(10)).await;
+    let (pushed, watched) =
+        push_and_watch(&server.url("cam"), media(Media::Mp4Faststart), true).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert_eq!(decode(&watched.body).width, 160);
+    let codecs = ffprobe(&watched.body).unwrap();
+    assert_eq!(codecs[0].0, "vp9", "{codecs:?}");
+
+    // A broken file changes nothing, and says where it is broken.
+    std::fs::write(&file, format!("{v2}\nmax-clientz = 70\n")).unwrap();
+    let (st, e) = reload(&api).await;
+    assert_eq!(st, 400, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("reload.toml:") && message.contains("max-clientz"),
+        "{message}"
+    );
+    let after = config_json(&api).await;
+    assert_eq!(
+        after["sha256"], r["config"]["sha256"],
+        "the running configuration stays"
+    );
+    assert_eq!(after["reloads"], 1);
+    assert_eq!(after["last_error"]["message"], message);
+    assert_eq!(stream_json(&server, "relay2").await["state"], "live");
+
+    // Nobody watching the push was dropped: each viewer has the whole stream, in one response.
+    let pushed = pushing.await.unwrap();
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    for v in viewers {
+        let (body, clean) = v.await.unwrap();
+        assert!(clean, "a viewer's response ended with the stream");
+        assert_eq!(ebml_headers(&body), 1);
+        let d = decode(&body);
+        assert!(d.video_frames >= 300, "{} pictures of 360", d.video_frames);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_stream_has_its_own_keys_passthrough_and_rtp_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("declared.toml");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rtp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[[stream]]\nname = \"stage\"\npush-key = \"stage-push-key-0123\"\nview-key = \"stage-view-key-0123\"\n\
+             passthrough = false\nrtp-target = [\"{}\"]\n",
+            rtp.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_file(&file, &["--no-pace"]).await;
+    let url = server.url("stage");
+    let webm = media(Media::WebmVp8Vorbis);
+
+    assert_eq!(push(&url, webm.clone(), false).await.status, 401, "no key");
+    assert_eq!(
+        push(&with_key(&url, "stage-view-key-0123"), webm.clone(), false)
+            .await
+            .status,
+        401,
+        "the view key is not the push key"
+    );
+    // Undeclared names are as before: no key needed.
+    assert_eq!(
+        push(&server.url("other"), webm.clone(), false).await.status,
+        200
+    );
+
+    let (pushed_tx, pushing) = push_stream(&with_key(&url, "stage-push-key-0123"), None);
+    let mut chunks = chunk(&webm, 16 << 10).into_iter();
+    pushed_tx.send(chunks.next().unwrap()).await.unwrap();
+    let refused = client().get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "watching needs the view key");
+    let viewer = open_watch(&with_key(&url, "stage-view-key-0123")).await;
+    for c in chunks {
+        pushed_tx.send(c).await.unwrap();
+    }
+    drop(pushed_tx);
+    let pushed = pushing.await.unwrap();
+    assert_eq!(pushed.status, 200, "{}", pushed.json);
+    assert_eq!(
+        pushed.json["mode"], "transcode",
+        "passthrough = false transcodes even VP8/Vorbis WebM"
+    );
+    let watched = read_all(viewer).await;
+    assert!(decode(&watched.body).video_frames > 0);
+    let mut packet = [0u8; 2048];
+    let (n, _) = rtp
+        .recv_from(&mut packet)
+        .expect("the stream's own RTP target gets packets");
+    assert!(n > 12 && packet[0] >> 6 == 2, "an RTP packet");
+}

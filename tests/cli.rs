@@ -360,6 +360,52 @@ fn check_config_passes_the_example_and_names_a_bad_key() {
         stdout.contains(": ok (") && stdout.contains("sha256"),
         "{stdout}"
     );
+    // The example's declared streams, uncommented, pass too.
+    let text = std::fs::read_to_string(example).unwrap();
+    let (flags, streams) = text.split_at(text.find("# [[stream]]").unwrap());
+    let uncommented: String = streams
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l).trim_end_matches('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let with_streams = write_temp(format!("{flags}{uncommented}").as_bytes());
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(with_streams.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("2 declared streams"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A declared stream's bad value, unknown key, or a name declared twice: the line and the stream named.
+    for (text, expected) in [
+        (
+            "max-lag = 3\n\n[[stream]]\nname = \"a\"\nmax-fps = 1000\n",
+            ":3: stream 'a': max-fps must be within 1..240",
+        ),
+        ("[[stream]]\nname = \"a\"\nmax-fsp = 10\n", "max-fsp"),
+        (
+            "[[stream]]\nname = \"a\"\n[[stream]]\nname = \"a\"\n",
+            ":3: stream 'a': declared twice",
+        ),
+        (
+            "[[stream]]\nname = \"a\"\npush-key = \"short\"\n",
+            "push-key must be at least 16 characters",
+        ),
+    ] {
+        let bad = write_temp(text.as_bytes());
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(bad.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
     let bad = write_temp(b"listen = \"127.0.0.1:8080\"\nmax-clients = 100\nsegment-window = 1\n");
     let out = Command::new(BIN)
         .arg("check-config")
@@ -493,4 +539,77 @@ fn logs_are_plain_off_a_terminal_and_json_when_asked() {
             }
         }
     }
+}
+
+/// `kill -HUP` (what `systemctl reload` sends) reloads the file: `GET /api/v1/config` shows the new hash and
+/// declared streams; a broken file keeps the running configuration and the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_a_broken_one_changes_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("transcast.toml");
+    std::fs::write(&file, "max-clients = 100\n").unwrap();
+    let mut d = serve(&["--config", file.to_str().unwrap()], state.path());
+    let config = |addr: String| async move {
+        let v: serde_json::Value =
+            serde_json::from_str(&get_text(&format!("http://{addr}/api/v1/config")).await).unwrap();
+        v
+    };
+    let first = config(d.addr.clone()).await;
+    assert_eq!(first["reloads"], 0, "{first}");
+    let hup = |d: &Daemon| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &d.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::fs::write(
+        &file,
+        "max-clients = 200\n[[stream]]\nname = \"stage\"\nmax-width = 640\n",
+    )
+    .unwrap();
+    hup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let v = config(d.addr.clone()).await;
+        if v["reloads"] == 1 || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(second["reloads"], 1, "{second}");
+    assert_eq!(second["streams"], serde_json::json!(["stage"]));
+    assert_ne!(second["sha256"], first["sha256"]);
+
+    std::fs::write(&file, "max-clients = \"many\"\n").unwrap();
+    hup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        let v = config(d.addr.clone()).await;
+        if !v["last_error"].is_null() || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = third["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("transcast.toml:1: key 'max-clients'"),
+        "{third}"
+    );
+    assert_eq!(
+        third["sha256"], second["sha256"],
+        "the running configuration stays"
+    );
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon runs on");
+    let logged: Vec<String> = d.log.try_iter().collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("configuration not reloaded")),
+        "{logged:?}"
+    );
+    let _ = sigterm_and_wait(&mut d, Duration::from_secs(10));
 }

@@ -21,7 +21,11 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, Args, Command, FromArgMatches};
 use sha2::{Digest, Sha256};
 
-use crate::config::ServeArgs;
+use crate::config::streams::{DeclaredStream, StreamTable};
+use crate::config::{Config, ConfigSource, ServeArgs};
+
+/// The key of the `[[stream]]` tables: not a flag.
+const STREAM_KEY: &str = "stream";
 
 /// The environment variable that names the config file when `--config` is not given.
 pub const ENV: &str = "TRANSCAST_CONFIG";
@@ -37,6 +41,39 @@ pub struct Loaded {
     lines: Vec<(String, usize)>,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
+    /// The `[[stream]]` tables, with their lines.
+    pub streams: Vec<(StreamTable, usize)>,
+}
+
+/// The `[[stream]]` tables of a file (its other keys are the flags, read apart).
+#[derive(serde::Deserialize)]
+struct Tables {
+    #[serde(default)]
+    stream: Vec<toml::Spanned<StreamTable>>,
+}
+
+/// The daemon's configuration from the file at `path` and the command line (`argv`: what follows `serve`),
+/// which overrides it: every check `serve` runs before it starts, each error naming the file's line.
+pub fn load(path: &Path, argv: &[OsString]) -> Result<(Config, Loaded), String> {
+    let (args, loaded) = serve_args(path, argv)?;
+    let mut config = Config::from_args(args).map_err(|e| loaded.locate(e))?;
+    for (table, line) in &loaded.streams {
+        let at = format!("{}:{line}: stream '{}'", loaded.file, table.name);
+        let declared = DeclaredStream::resolve(table, &config).map_err(|e| format!("{at}: {e}"))?;
+        if config.streams.iter().any(|d| d.name == declared.name) {
+            return Err(format!("{at}: declared twice"));
+        }
+        if declared.pull.is_some() && config.pulls.iter().any(|p| p.name == declared.name) {
+            return Err(format!("{at}: --pull pulls it already"));
+        }
+        config.streams.push(declared);
+    }
+    config.source = Some(ConfigSource {
+        path: path.to_path_buf(),
+        argv: argv.to_vec(),
+        sha256: loaded.sha256.clone(),
+    });
+    Ok((config, loaded))
 }
 
 /// `serve`'s arguments as the command line (`argv`: what follows `serve`) and the file at `path` give them.
@@ -51,9 +88,21 @@ pub fn serve_args(path: &Path, argv: &[OsString]) -> Result<(ServeArgs, Loaded),
         .clone()
         .try_get_matches_from(std::iter::once(OsString::from("serve")).chain(argv.iter().cloned()))
         .map_err(|e| clap_message(&e))?;
+    let streams = toml::from_str::<Tables>(&text)
+        .map_err(|e| format!("{file}: {e}"))?
+        .stream
+        .into_iter()
+        .map(|t| {
+            let line = line_of(&text, t.span().start);
+            (t.into_inner(), line)
+        })
+        .collect();
     let mut tokens = Vec::new();
     let mut lines = Vec::new();
     for (key, value) in &table {
+        if key.get_ref() == STREAM_KEY {
+            continue;
+        }
         let line = line_of(&text, key.span().start);
         let at = format!("{file}:{line}: key '{}'", key.get_ref());
         let arg = cmd
@@ -88,6 +137,7 @@ pub fn serve_args(path: &Path, argv: &[OsString]) -> Result<(ServeArgs, Loaded),
             keys: table.len(),
             lines,
             sha256: format!("{:x}", Sha256::digest(text.as_bytes())),
+            streams,
         },
     ))
 }

@@ -4,6 +4,7 @@
 //! Defaults are embedded, so `transcast serve` with no options is a working daemon on 127.0.0.1:8080.
 
 pub mod file;
+pub mod streams;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -94,7 +95,7 @@ impl Fallback {
 }
 
 /// `slate`, `none`, or the path of a readable file.
-fn parse_fallback(v: &str) -> Result<Fallback, String> {
+pub(crate) fn parse_fallback(v: &str) -> Result<Fallback, String> {
     match v {
         "slate" => Ok(Fallback::Slate),
         "none" => Ok(Fallback::None),
@@ -470,6 +471,7 @@ impl Default for ServeArgs {
 /// Validated configuration handed to [`crate::control::app`].
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub log_format: LogFormat,
     pub listen: SocketAddr,
     pub srt_listen: Option<SocketAddr>,
     pub pipelines_dir: Option<PathBuf>,
@@ -513,6 +515,27 @@ pub struct Config {
     pub pull_start_timeout: Duration,
     pub pull_linger: Duration,
     pub input_limits: InputLimits,
+    /// `[[stream]]` tables of the config file.
+    pub streams: Vec<streams::DeclaredStream>,
+    /// The file and command line this came from, which a reload reads again.
+    pub source: Option<ConfigSource>,
+}
+
+/// Where a configuration came from: a reload reads the file again, with the same command line over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// What followed `serve` on the command line.
+    pub argv: Vec<std::ffi::OsString>,
+    /// SHA-256 of the file as it was read.
+    pub sha256: String,
+}
+
+impl Config {
+    /// The declared stream of this name.
+    pub fn declared(&self, name: &str) -> Option<&streams::DeclaredStream> {
+        self.streams.iter().find(|d| d.name == name)
+    }
 }
 
 /// What a source's video may be, checked from its caps before anything decodes it.
@@ -634,6 +657,7 @@ impl Config {
         };
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Config {
+            log_format: a.log_format,
             listen: a.listen,
             srt_listen: a.srt_listen,
             pipelines_dir: a.pipelines,
@@ -718,6 +742,8 @@ impl Config {
                 max_dimension: a.max_input_dimension.max(16),
                 max_fps: a.max_input_fps.max(1),
             },
+            streams: Vec::new(),
+            source: None,
         })
     }
 }

@@ -7,16 +7,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::auth::FailureLog;
 use crate::control::tokens::TokenStore;
 use crate::error::{Error, Result};
-use crate::source::pull::{Pull, PullKind};
 pub use crate::state::AppState;
+use crate::state::{Current, Parts};
 use crate::stream::registry::Registry;
-use crate::templates::Templates;
 
 /// A started daemon.
 #[derive(Debug)]
@@ -30,59 +27,43 @@ pub struct Running {
 
 /// Checks the templates, binds the listener and starts serving. GStreamer must be initialised.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
-    let templates = Arc::new(Templates::load(
-        config.pipelines_dir.as_deref(),
-        &config.encode,
-    )?);
+    crate::control::reload::check_pulls(&config)?;
+    let current = Current::build(config)?;
+    let config = current.config.clone();
     let tokens = TokenStore::open(&config.state_dir)?;
-    for p in &config.pulls {
-        crate::stream::registry::validate_name(&p.name)
-            .and_then(|()| crate::source::pull::check_url(&p.url))
-            .map_err(|e| {
-                Error::bad_request(format!("--pull {}={}: {}", p.name, p.url, e.message))
-            })?;
-    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::internal(e.to_string()))?;
-    let state = Arc::new(AppState {
-        templates,
-        registry: Registry::new(config.max_streams),
-        transcodes: Arc::new(Semaphore::new(config.max_transcodes)),
-        clients: Arc::new(Semaphore::new(config.max_clients)),
-        shutdown: shutdown.clone(),
-        tokens,
-        auth_failures: FailureLog::default(),
-        tasks: TaskTracker::new(),
-        connections: CancellationToken::new(),
-        metrics: Default::default(),
-        pulls: Default::default(),
-        view_checks: Default::default(),
-        hooks: Arc::new(crate::control::hooks::Hooks::start(
-            config.hook_url.as_deref(),
-        )),
-        ext_auth: config.auth_url.as_deref().map(|url| {
-            crate::control::extauth::ExternalAuth::new(
-                url,
-                config.auth_timeout,
-                config.auth_default,
-                config.auth_cache,
-            )
-        }),
-        config,
-    });
+    let state = Arc::new(AppState::new(
+        current,
+        Parts {
+            registry: Registry::new(config.max_streams),
+            transcodes: Arc::new(Semaphore::new(config.max_transcodes)),
+            clients: Arc::new(Semaphore::new(config.max_clients)),
+            shutdown: shutdown.clone(),
+            tokens,
+            hooks: Arc::new(crate::control::hooks::Hooks::start(
+                config.hook_url.as_deref(),
+            )),
+            ext_auth: config.auth_url.as_deref().map(|url| {
+                crate::control::extauth::ExternalAuth::new(
+                    url,
+                    config.auth_timeout,
+                    config.auth_default,
+                    config.auth_cache,
+                )
+            }),
+        },
+    ));
     let _ = state.metrics.set(crate::control::metrics::registry(&state));
-    let srt_addr = match state.config.srt_listen {
+    let srt_addr = match config.srt_listen {
         Some(a) => Some(crate::source::srt::listen(state.clone(), a).await?.addr),
         None => None,
     };
-    for p in &state.config.pulls {
-        let pull = Pull::new(&p.name, vec![p.url.clone()], PullKind::Relay, false);
-        crate::source::pull::declare(&state, pull)?;
-    }
+    crate::control::reload::declare_pulls(&state, &config)?;
     let router = crate::http::router(state.clone());
     let task = tokio::spawn(crate::http::serve(
         listener,
@@ -92,9 +73,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     tracing::info!(
         %addr,
-        token_server = state.config.token_server_enabled(),
-        pulls = state.config.pulls.len(),
-        origins = ?state.config.origins,
+        token_server = config.token_server_enabled(),
+        pulls = config.pulls.len(),
+        origins = ?config.origins,
         "transcast listening"
     );
     Ok(Running {
@@ -103,6 +84,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         state,
         task,
     })
+}
+
+/// `SIGHUP` reloads the configuration file (`systemctl reload`).
+async fn reload_on_hangup(state: Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: reload through the API only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = crate::control::reload::reload(&state).await;
+    }
 }
 
 /// How long shutdown waits for streams to end (their pushes answered, their viewers' responses ended) and
@@ -114,7 +108,9 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 /// done, or [`SHUTDOWN_GRACE`] has passed, the remaining connections are closed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let running = start(config, shutdown).await?;
+    let hangups = tokio::spawn(reload_on_hangup(running.state.clone()));
     let _ = running.task.await;
+    hangups.abort();
     let state = running.state;
     tracing::info!(
         streams = state.registry.len(),

@@ -8,6 +8,8 @@
 //! - [`auth`]: address masks, the caller behind trusted proxies, token secrets.
 //! - [`tokens`]: token server sessions, persisted atomically under `--state-dir`.
 //! - [`metrics`]: `/metrics` in Prometheus text, computed at scrape time.
+//! - [`reload`]: `SIGHUP` and `POST /api/v1/config/reload`: the config file read again and put in place
+//!   without dropping anyone.
 //! - [`web`]: the status page (`/`) and the watch page (`/watch/{name}`), server-rendered HTML.
 
 pub mod api;
@@ -16,5 +18,6 @@ pub mod auth;
 pub mod extauth;
 pub mod hooks;
 pub mod metrics;
+pub mod reload;
 pub mod tokens;
 pub mod web;

@@ -85,7 +85,7 @@ fn page(title: &str, body: &str, script: &str) -> Response {
 
 /// Whether anyone may watch `name` without a key.
 fn public(app: &AppState, name: &str) -> bool {
-    !app.config.token_server_enabled()
+    !app.config().token_server_enabled()
         || app
             .tokens
             .get(name)
@@ -324,7 +324,7 @@ pub async fn player_js(State(app): State<Arc<AppState>>) -> Response {
         PLAYER_JS,
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&app.config.cors_origin) {
+    if let Ok(v) = HeaderValue::from_str(&app.config().cors_origin) {
         response
             .headers_mut()
             .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);

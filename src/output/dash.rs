@@ -59,7 +59,7 @@ pub async fn manifest(
                 HeaderValue::from_static("application/dash+xml"),
             );
             // At most half a segment, so a cache never holds a manifest past the next segment.
-            let max_age = (app.config.segments.target.as_secs_f64() / 2.0).floor() as u64;
+            let max_age = (app.config().segments.target.as_secs_f64() / 2.0).floor() as u64;
             if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
                 h.insert(header::CACHE_CONTROL, v);
             }
@@ -108,9 +108,10 @@ pub async fn media(
             (format!("{instance}-{rep}-{n}"), data, Some(at))
         };
         // Kept well past its time in the window; its bytes never change.
-        let max_age =
-            (app.config.segments.target.as_secs_f64() * app.config.segments.window as f64 * 2.0)
-                .ceil() as u64;
+        let max_age = (app.config().segments.target.as_secs_f64()
+            * app.config().segments.window as f64
+            * 2.0)
+            .ceil() as u64;
         Ok::<_, Error>(immutable(
             &headers,
             content_type,
@@ -164,7 +165,7 @@ fn not_found(e: Error) -> Response {
 }
 
 fn cors(app: &AppState, h: &mut HeaderMap) {
-    if let Ok(v) = HeaderValue::from_str(&app.config.cors_origin) {
+    if let Ok(v) = HeaderValue::from_str(&app.config().cors_origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,

@@ -113,7 +113,7 @@ pub async fn admit(
     let permit = app.clients.clone().try_acquire_owned().map_err(|_| {
         Error::unavailable(format!(
             "the client limit (--max-clients {}) is reached",
-            app.config.max_clients
+            app.config().max_clients
         ))
     })?;
     // The split hub has its header before the stream's: waiting on the stream's waits for both.
@@ -128,7 +128,7 @@ pub async fn admit(
         }
         _ => &entry.hub,
     };
-    let join = options.join.unwrap_or(app.config.join);
+    let join = options.join.unwrap_or(app.config().join);
     let sub = hub
         .subscribe_as(join, peer, kill, HEADER_WAIT)
         .await
@@ -144,7 +144,7 @@ pub async fn admit(
         sub,
         permit,
         content_type,
-        cors_origin: app.config.cors_origin.clone(),
+        cors_origin: app.config().cors_origin.clone(),
     })
 }
 
@@ -171,7 +171,7 @@ pub(crate) async fn find_or_pull(
 ) -> Result<Arc<crate::stream::Stream>> {
     check(app, name, token, headers, peer)?;
     if let Some(a) = &app.ext_auth {
-        let ip = peer.map(|p| auth::client_ip(p, headers, &app.config.trusted_proxy));
+        let ip = peer.map(|p| auth::client_ip(p, headers, &app.config().trusted_proxy));
         a.check(Action::View, name, ip, auth::presented_key(headers, token))
             .await?;
     }
@@ -193,7 +193,7 @@ async fn await_pull(
     pull: &Arc<Pull>,
 ) -> Result<Arc<crate::stream::Stream>> {
     const LOOK: Duration = Duration::from_millis(50);
-    let timeout = app.config.pull_start_timeout;
+    let timeout = app.config().pull_start_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut status = pull.watch_status();
     loop {
@@ -247,7 +247,7 @@ const VIEW_CHECK_MAX: usize = 10_000;
 /// watch only what its origin would let it watch: the edge asks (`HEAD ORIGIN/live/NAME?token=KEY`, without
 /// its own key) and keeps the answer for [`VIEW_CHECK_TTL`].
 async fn check_with_origin(app: &AppState, name: &str, key: Option<&str>) -> Result<()> {
-    if app.config.origins.is_empty() || app.config.origin_key.is_none() {
+    if app.config().origins.is_empty() || app.config().origin_key.is_none() {
         return Ok(());
     }
     let cache_key = (name.to_string(), key.map(auth::hash_secret));
@@ -258,7 +258,7 @@ async fn check_with_origin(app: &AppState, name: &str, key: Option<&str>) -> Res
     }
     let query = key.map_or(String::new(), |k| format!("?token={}", percent_encode(k)));
     let mut last = Error::new(Kind::BadGateway, "no origin answered");
-    for origin in &app.config.origins {
+    for origin in &app.config().origins {
         let url = format!("{origin}/live/{name}{query}");
         let answer = match crate::source::pull::head(&url, None).await {
             // 503: the stream exists (or may), it has no media yet: the key passed.
@@ -365,7 +365,7 @@ fn head(
     } else {
         "audio/webm"
     };
-    Ok(watch_response(content_type, &app.config.cors_origin))
+    Ok(watch_response(content_type, &app.config().cors_origin))
 }
 
 fn watch_response(content_type: &'static str, cors_origin: &str) -> Response {
@@ -572,8 +572,9 @@ async fn write_some(socket: &TcpStream, queue: &mut VecDeque<Bytes>) -> std::io:
     Ok(())
 }
 
-/// With the token server on, a stream may be watched only when its session exists, has not expired and
-/// grants HTTP output; a session that restricts viewing also needs its view key.
+/// A stream the config file declares with a view key needs it. With the token server on, a stream may be
+/// watched only when its session exists, has not expired and grants HTTP output; a session that restricts
+/// viewing also needs its view key.
 fn authorize_view(
     app: &AppState,
     name: &str,
@@ -581,7 +582,33 @@ fn authorize_view(
     token: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<()> {
-    if !app.config.token_server_enabled() {
+    let config = app.config();
+    // An edge's key (`--edge-key`) stands in for any view key: the edge checks its own viewers' keys here.
+    let edge = config.edge_key.as_deref().map(auth::hash_secret);
+    let view_key = |hash: &str| {
+        let ok = auth::presented_key(headers, token).is_some_and(|k| {
+            auth::secret_matches(k, hash)
+                || edge.as_ref().is_some_and(|e| auth::secret_matches(k, e))
+        });
+        if ok {
+            return Ok(());
+        }
+        let ip = peer.map(|p| auth::client_ip(p, headers, &config.trusted_proxy));
+        app.auth_failures.record(
+            ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            &format!("view of '{name}' without its view key"),
+        );
+        Err(Error::unauthorized(format!(
+            "watching '{name}' needs its view key (?token=KEY)"
+        )))
+    };
+    if let Some(hash) = config
+        .declared(name)
+        .and_then(|d| d.view_key_sha256.as_deref())
+    {
+        view_key(hash)?;
+    }
+    if !config.token_server_enabled() {
         return Ok(());
     }
     let session = app
@@ -599,22 +626,7 @@ fn authorize_view(
         )));
     }
     if let Some(hash) = &session.view_key_sha256 {
-        // An edge's key (`--edge-key`) stands in for any view key: the edge checks its own viewers' keys here.
-        let edge = app.config.edge_key.as_deref().map(auth::hash_secret);
-        let ok = auth::presented_key(headers, token).is_some_and(|k| {
-            auth::secret_matches(k, hash)
-                || edge.as_ref().is_some_and(|e| auth::secret_matches(k, e))
-        });
-        if !ok {
-            let ip = peer.map(|p| auth::client_ip(p, headers, &app.config.trusted_proxy));
-            app.auth_failures.record(
-                ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-                &format!("view of '{name}' without its view key"),
-            );
-            return Err(Error::unauthorized(format!(
-                "watching '{name}' needs its view key (?token=KEY)"
-            )));
-        }
+        view_key(hash)?;
     }
     Ok(())
 }

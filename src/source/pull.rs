@@ -83,7 +83,7 @@ pub fn declare(app: &Arc<AppState>, pull: Pull) -> Result<Arc<Pull>> {
 pub fn want(app: &Arc<AppState>, name: &str) -> Option<Arc<Pull>> {
     let (pull, spawn) = app
         .pulls
-        .want(name, &app.config.origins, app.config.max_streams)?;
+        .want(name, &app.config().origins, app.config().max_streams)?;
     if spawn {
         app.tasks.spawn(run(app.clone(), pull.clone()));
     }
@@ -129,7 +129,7 @@ enum Attempt {
 /// A pull's life: attempts with backoff until it is removed, goes idle, or (an edge) its origin ends the
 /// stream.
 async fn run(app: Arc<AppState>, pull: Arc<Pull>) {
-    let linger = app.config.pull_linger;
+    let linger = app.config().pull_linger;
     let mut backoff = RETRY_MIN;
     let mut index = 0usize;
     // Failed attempts since one last delivered (or since the last backoff).
@@ -244,13 +244,16 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Ends the pull's stream if the pull is what feeds it (or nothing does): a push that took the name is left
-/// alone.
+/// alone. A pull a reload retired lets its stream fall back instead, as for a lost source: its viewers stay
+/// until the stream's linger runs out.
 fn end_own_stream(app: &AppState, pull: &Pull) {
     let Some(stream) = app.registry.get(&pull.name) else {
         return;
     };
     let ours = pull.last_source.load(Ordering::Relaxed);
-    if stream.feeder().is_none_or(|f| f.id == ours) {
+    if pull.retired.load(Ordering::Relaxed) {
+        stream.detach(ours, crate::stream::Detach::Lost);
+    } else if stream.feeder().is_none_or(|f| f.id == ours) {
         stream.end();
     }
 }
@@ -294,16 +297,16 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
         feeder.clone(),
         rx,
         SourceContext {
-            templates: app.templates.clone(),
+            templates: app.templates(),
             // An edge's input is its origin's live output, bursts of a joiner's keyframe group included:
             // holding those to real time would keep the edge a group behind. A relay may read a file.
-            pace: app.config.pace && pull.kind == PullKind::Relay,
+            pace: app.config().pace && pull.kind == PullKind::Relay,
             resume_grace: Duration::ZERO,
             session: None,
             peer: None,
             url: Some(url.to_string()),
             end_falls_back: pull.kind == PullKind::Relay,
-            limits: app.config.input_limits,
+            limits: app.config().input_limits,
         },
     ));
     pull.status.send_modify(|s| {
@@ -344,7 +347,7 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
         End::Eos => Error::bad_request("the input ended"),
         End::SourceTimeout => Error::bad_request(format!(
             "no data for {:?} (--source-timeout)",
-            app.config.source_timeout
+            app.config().source_timeout
         )),
         End::InputError => Error::bad_request("the input broke off"),
         End::Aborted => Error::bad_request("the stream was ended or taken over"),
@@ -361,7 +364,7 @@ async fn idle(app: &AppState, pull: &Pull, stream: Option<&Arc<Stream>>) {
     if !pull.on_demand {
         return std::future::pending().await;
     }
-    let linger = app.config.pull_linger;
+    let linger = app.config().pull_linger;
     loop {
         tokio::time::sleep(IDLE_CHECK).await;
         if stream.is_some_and(|s| s.hub.client_count() > 0) {
@@ -380,10 +383,10 @@ async fn open(
 ) -> std::result::Result<Body, (Error, Option<u16>)> {
     if url.starts_with("http://") {
         let key = match pull.kind {
-            PullKind::Edge => app.config.origin_key.as_deref(),
+            PullKind::Edge => app.config().origin_key.clone(),
             PullKind::Relay => None,
         };
-        open_http(url, key).await
+        open_http(url, key.as_deref()).await
     } else {
         open_gst(url).map_err(|e| (e, None))
     }

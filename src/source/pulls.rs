@@ -63,6 +63,8 @@ pub struct Pull {
     pub(crate) status: watch::Sender<PullStatus>,
     /// Cancelled when the pull is removed.
     pub(crate) stop: CancellationToken,
+    /// Removed by a reload: its stream falls back (and lingers) instead of ending at once.
+    pub(crate) retired: std::sync::atomic::AtomicBool,
     life: Mutex<Life>,
     /// The source id it last attached to its stream, so stopping ends only a stream it feeds.
     pub(crate) last_source: AtomicU64,
@@ -93,6 +95,7 @@ impl Pull {
                 retry_at: None,
             }),
             stop: CancellationToken::new(),
+            retired: Default::default(),
             life: Mutex::new(Life {
                 running: false,
                 wanted: Instant::now(),
@@ -167,6 +170,16 @@ impl Pulls {
     /// Removes a pull: it stops, and ends the stream it feeds.
     pub fn remove(&self, name: &str) -> Option<Arc<Pull>> {
         let pull = self.map.lock().unwrap().remove(name)?;
+        pull.stop.cancel();
+        Some(pull)
+    }
+
+    /// Removes a pull the configuration no longer declares: it stops, and the stream it feeds shows its
+    /// fallback until its linger runs out (or another source takes it), as for a lost source.
+    pub fn retire(&self, name: &str) -> Option<Arc<Pull>> {
+        let pull = self.map.lock().unwrap().remove(name)?;
+        pull.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         pull.stop.cancel();
         Some(pull)
     }

@@ -88,7 +88,7 @@ pub async fn push(
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let creds = Credentials {
-        ip: peer.map(|p| auth::client_ip(p, req.headers(), &app.config.trusted_proxy)),
+        ip: peer.map(|p| auth::client_ip(p, req.headers(), &app.config().trusted_proxy)),
         headers: req.headers().clone(),
         token: query.get("token").cloned(),
     };
@@ -247,7 +247,7 @@ pub(crate) fn start_source(
     peer: Option<std::net::SocketAddr>,
     url: Option<String>,
 ) -> Result<(Arc<Stream>, Arc<Feeder>)> {
-    let cfg = &app.config;
+    let cfg = app.config();
     let (stream, reservation) = app
         .registry
         .open(name, || app.new_stream(name, session.as_ref(), None))?;
@@ -260,7 +260,7 @@ pub(crate) fn start_source(
         feeder.clone(),
         rx,
         SourceContext {
-            templates: app.templates.clone(),
+            templates: app.templates(),
             pace: cfg.pace,
             resume_grace: cfg.resume_grace,
             session,
@@ -378,7 +378,7 @@ pub async fn feed(
     body: &mut Body,
 ) -> End {
     let mut complete = false;
-    let timeout = app.config.source_timeout;
+    let timeout = app.config().source_timeout;
     loop {
         let data = match complete {
             true => {
@@ -468,29 +468,42 @@ pub(crate) fn authorize_key(
     key: Option<&str>,
     how: &str,
 ) -> Result<Option<Session>> {
-    if !app.config.token_server_enabled() {
-        return Ok(None);
-    }
+    let config = app.config();
     let ip = ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-    let fail = |why: &str| {
+    let fail = |needs: &str, why: &str| {
         app.auth_failures
             .record(ip, &format!("push to '{name}': {why}"));
-        Error::unauthorized(format!(
-            "pushing '{name}' needs a valid session token ({why})"
-        ))
+        Error::unauthorized(format!("pushing '{name}' needs {needs} ({why})"))
     };
+    let check = |hash: &str, needs: &str| match key {
+        Some(k) if auth::secret_matches(k, hash) => Ok(()),
+        Some(_) => Err(fail(needs, "wrong key")),
+        None => Err(fail(needs, &format!("no key: {how}"))),
+    };
+    // A stream the config file declares with a push key takes that key (the token server's session, if
+    // any, still gives its rules).
+    let declared_key = config
+        .declared(name)
+        .and_then(|d| d.push_key_sha256.as_deref());
+    if let Some(hash) = declared_key {
+        check(hash, "its push key")?;
+    }
+    if !config.token_server_enabled() {
+        return Ok(None);
+    }
+    let token = "a valid session token";
     let Some(session) = app.tokens.get(name) else {
-        return Err(fail("no such session, or it was revoked"));
+        return Err(fail(token, "no such session, or it was revoked"));
     };
     if session.expired(time::OffsetDateTime::now_utc()) {
-        return Err(fail("the session has expired"));
+        return Err(fail(token, "the session has expired"));
     }
-    if let Some(hash) = &session.push_key_sha256 {
-        match key {
-            Some(k) if auth::secret_matches(k, hash) => {}
-            Some(_) => return Err(fail("wrong key")),
-            None => return Err(fail(&format!("no key: {how}"))),
-        }
+    if let Some(hash) = session
+        .push_key_sha256
+        .as_deref()
+        .filter(|_| declared_key.is_none())
+    {
+        check(hash, token)?;
     }
     Ok(Some(session))
 }

@@ -160,6 +160,9 @@ pub struct StreamSettings {
     pub fallback: Fallback,
     pub linger: Duration,
     pub encode: EncodeSettings,
+    /// Whether WebM with web codecs may be written as it is (a declared stream's `passthrough = false`
+    /// transcodes it).
+    pub passthrough: bool,
 }
 
 /// Failover counters.
@@ -514,7 +517,9 @@ impl Stream {
         let vorbis = caps
             .structure(0)
             .is_some_and(|s| s.name() == "audio/x-vorbis");
-        let passthrough = passthrough && !(vorbis && self.settings.fallback.enabled());
+        let passthrough = passthrough
+            && self.settings.passthrough
+            && !(vorbis && self.settings.fallback.enabled());
         let input = if passthrough {
             TrackInput::Encoded(caps.clone())
         } else {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::Stream;
 use crate::error::{Error, Result};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 /// The name rule lives with the configuration (the command line and the token store check it too).
 pub use crate::config::{NAME_MAX_LEN, validate_name};
@@ -109,7 +109,8 @@ impl Totals {
 #[derive(Debug)]
 pub struct Registry {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
-    max_streams: usize,
+    /// `--max-streams`; a reload may change it (streams past a lower limit run on; no new one starts).
+    max_streams: AtomicUsize,
     /// Counters of ended streams; a stream's are folded in when it leaves the registry.
     pub totals: Totals,
 }
@@ -125,7 +126,7 @@ impl Registry {
     pub fn new(max_streams: usize) -> Arc<Registry> {
         Arc::new(Registry {
             streams: Mutex::new(HashMap::new()),
-            max_streams,
+            max_streams: AtomicUsize::new(max_streams),
             totals: Totals::default(),
         })
     }
@@ -148,7 +149,7 @@ impl Registry {
             return Ok((s.clone(), None));
         }
         let live = streams.values().filter(|s| !s.is_ended()).count();
-        if !streams.contains_key(name) && live >= self.max_streams {
+        if !streams.contains_key(name) && live >= self.max_streams() {
             return Err(self.limit_error());
         }
         streams.insert(name.to_string(), stream.clone());
@@ -161,10 +162,18 @@ impl Registry {
         ))
     }
 
+    pub fn max_streams(&self) -> usize {
+        self.max_streams.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_streams(&self, n: usize) {
+        self.max_streams.store(n.max(1), Ordering::Relaxed);
+    }
+
     fn check_room(&self, name: &str) -> Result<()> {
         let streams = self.streams.lock().unwrap();
         let live = streams.values().filter(|s| !s.is_ended()).count();
-        if !streams.contains_key(name) && live >= self.max_streams {
+        if !streams.contains_key(name) && live >= self.max_streams() {
             return Err(self.limit_error());
         }
         Ok(())
@@ -173,7 +182,7 @@ impl Registry {
     fn limit_error(&self) -> Error {
         Error::unavailable(format!(
             "the stream limit (--max-streams {}) is reached",
-            self.max_streams
+            self.max_streams()
         ))
     }
 

@@ -78,6 +78,32 @@ impl Server {
         })
     }
 
+    /// Starts from a config file, as `transcast serve --config FILE --listen 127.0.0.1:0 …` would (the
+    /// state directory is a new temporary one; `flags` come after and override the file).
+    pub async fn start_with_file(file: &std::path::Path, flags: &[&str]) -> Server {
+        init();
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            state_dir.path().into(),
+        ];
+        argv.extend(flags.iter().map(Into::into));
+        let (config, _) = transcast::config::file::load(file, &argv).expect("the file loads");
+        let shutdown = CancellationToken::new();
+        let running = transcast::control::app::start(config, shutdown.clone())
+            .await
+            .expect("server starts");
+        Server {
+            addr: running.addr,
+            srt_addr: running.srt_addr,
+            state: running.state,
+            shutdown,
+            _state_dir: Some(state_dir),
+        }
+    }
+
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/live/{name}", self.addr)
     }

@@ -244,3 +244,33 @@ pub struct RtpPatch {
     #[serde(default)]
     pub remove: Vec<String>,
 }
+
+/// `GET /api/v1/config`.
+#[derive(Debug, Serialize)]
+pub struct ConfigInfo {
+    /// The config file (`--config`), if any.
+    pub file: Option<String>,
+    /// SHA-256 of the file as the running configuration read it.
+    pub sha256: Option<String>,
+    pub loaded_at: String,
+    /// Reloads that took effect since the start.
+    pub reloads: u64,
+    /// The last reload that failed, until one succeeds.
+    pub last_error: Option<ReloadError>,
+    /// Names of the declared streams (`[[stream]]`).
+    pub streams: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReloadError {
+    pub at: String,
+    pub message: String,
+}
+
+/// `POST /api/v1/config/reload`.
+#[derive(Debug, Serialize)]
+pub struct ReloadAnswer {
+    #[serde(flatten)]
+    pub report: crate::control::reload::Report,
+    pub config: ConfigInfo,
+}

@@ -43,6 +43,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         )
         .route("/api/v1/streams/{name}/sdp", get(stream_sdp))
         .route("/api/v1/pulls", get(list_pulls))
+        .route("/api/v1/config", get(get_config))
+        .route("/api/v1/config/reload", axum::routing::post(reload_config))
         .route("/api/v1/tokens", get(list_tokens).post(add_token))
         .route(
             "/api/v1/tokens/{session_id}",
@@ -64,12 +66,48 @@ async fn require_control_caller(
     let Some(conn) = req.extensions().get::<ConnInfo>() else {
         return Error::forbidden("caller address unknown").into_response();
     };
-    let ip = auth::client_ip(conn.peer, req.headers(), &app.config.trusted_proxy);
-    if !crate::config::allowed(app.config.control_masks(), ip) {
+    let ip = auth::client_ip(conn.peer, req.headers(), &app.config().trusted_proxy);
+    if !crate::config::allowed(app.config().control_masks(), ip) {
         tracing::warn!(%ip, path = %req.uri().path(), "control API call from outside the allowed masks");
         return Error::forbidden(format!("{ip} may not use the control API")).into_response();
     }
     next.run(req).await
+}
+
+/// The running configuration: where it came from, when, and how reloads went.
+fn config_info(app: &AppState) -> ConfigInfo {
+    let current = app.current();
+    let status = app
+        .reloads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let config = &current.config;
+    ConfigInfo {
+        file: config.source.as_ref().map(|s| s.path.display().to_string()),
+        sha256: config.source.as_ref().map(|s| s.sha256.clone()),
+        loaded_at: rfc3339(OffsetDateTime::from(current.loaded_at)),
+        reloads: status.count,
+        last_error: status.last_error.map(|(at, message)| ReloadError {
+            at: rfc3339(OffsetDateTime::from(at)),
+            message,
+        }),
+        streams: config.streams.iter().map(|d| d.name.clone()).collect(),
+    }
+}
+
+async fn get_config(State(app): State<Arc<AppState>>) -> Json<ConfigInfo> {
+    Json(config_info(&app))
+}
+
+/// Reloads the configuration file (as `SIGHUP` does); a bad file keeps the running configuration and
+/// answers why.
+async fn reload_config(State(app): State<Arc<AppState>>) -> Result<Json<ReloadAnswer>> {
+    let report = crate::control::reload::reload(&app).await?;
+    Ok(Json(ReloadAnswer {
+        report,
+        config: config_info(&app),
+    }))
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -226,7 +264,7 @@ async fn create_stream(
             }
         })
         .transpose()?;
-    let enc = &app.config.encode;
+    let enc = &app.config().encode;
     let (width, height) = (req.width.unwrap_or(640), req.height.unwrap_or(360));
     if !(16..=enc.max_width).contains(&width) || !(16..=enc.max_height).contains(&height) {
         return Err(Error::bad_request(format!(
@@ -234,12 +272,12 @@ async fn create_stream(
             enc.max_width, enc.max_height
         )));
     }
-    if !app.config.fallback.enabled() {
+    if !app.config().fallback.enabled() {
         return Err(Error::bad_request(
             "with --fallback none a stream without a source has nothing to show",
         ));
     }
-    let session = if app.config.token_server_enabled() {
+    let session = if app.config().token_server_enabled() {
         Some(app.tokens.get(&req.name).ok_or_else(|| {
             Error::not_found(format!(
                 "no session '{}': with the token server, a stream is created for a session",
@@ -276,7 +314,7 @@ fn create_pull(app: &Arc<AppState>, req: &NewStream, url: &str) -> Result<Respon
         ));
     }
     crate::source::pull::check_url(url)?;
-    if app.config.token_server_enabled() && app.tokens.get(&req.name).is_none() {
+    if app.config().token_server_enabled() && app.tokens.get(&req.name).is_none() {
         return Err(Error::not_found(format!(
             "no session '{}': with the token server, a stream is created for a session",
             req.name
@@ -361,7 +399,7 @@ pub fn parse_rtp_targets(app: &AppState, targets: &[String]) -> Result<Vec<std::
         .iter()
         .map(|t| crate::stream::rtp::parse_target(t))
         .collect::<Result<Vec<_>>>()?;
-    crate::config::check_rtp_targets(&parsed, &app.config.rtp_allow)?;
+    crate::config::check_rtp_targets(&parsed, &app.config().rtp_allow)?;
     Ok(parsed)
 }
 
@@ -437,7 +475,7 @@ async fn stream_sdp(
             .ok_or_else(|| Error::not_found(format!("stream '{name}' has no RTP targets")))?,
     };
     // Like the RTP routes: nothing is described for a target the daemon may not send to.
-    crate::config::check_rtp_targets(&[target], &app.config.rtp_allow)?;
+    crate::config::check_rtp_targets(&[target], &app.config().rtp_allow)?;
     let sdp = shared.rtp().sdp(&name, target)?;
     Ok((
         [(
