@@ -18,6 +18,8 @@ TEST_PACKAGES=(
   gir1.2-gst-rtsp-server-1.0
   # A cache in front of the DASH segments (tests/dash.rs runs scripts/nginx-cache.conf).
   nginx
+  # systemd-analyze checks scripts/transcast.service (tests/cli.rs).
+  systemd
 )
 ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_rust_tools

@@ -613,3 +613,33 @@ async fn sighup_reloads_the_config_file_and_a_broken_one_changes_nothing() {
     );
     let _ = sigterm_and_wait(&mut d, Duration::from_secs(10));
 }
+
+/// `scripts/transcast.service` is a unit systemd accepts (every key known and well formed, the binary there),
+/// whose reload is the SIGHUP tested above and whose start line is `serve --config`.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/transcast.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert!(
+        exec.starts_with("/usr/local/bin/transcast serve --config "),
+        "{exec}"
+    );
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("transcast.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/transcast", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
