@@ -1575,19 +1575,45 @@ async fn a_reload_applies_the_new_file_and_drops_nobody() {
 async fn a_declared_stream_has_its_own_keys_passthrough_and_rtp_targets() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("declared.toml");
+    let clip = dir.path().join("lobby.webm");
+    std::fs::write(&clip, long_clip("webm")).unwrap();
     let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     rtp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::fs::write(
         &file,
         format!(
             "[[stream]]\nname = \"stage\"\npush-key = \"stage-push-key-0123\"\nview-key = \"stage-view-key-0123\"\n\
-             passthrough = false\nrtp-target = [\"{}\"]\n",
-            rtp.local_addr().unwrap()
+             passthrough = false\nrtp-target = [\"{}\"]\n\n\
+             [[stream]]\nname = \"lobby\"\npull = \"file://{}\"\non-demand = true\n",
+            rtp.local_addr().unwrap(),
+            clip.display()
         ),
     )
     .unwrap();
     let server = Server::start_with_file(&file, &["--no-pace"]).await;
     let url = server.url("stage");
+
+    // A declared on-demand pull waits for its first viewer.
+    let api = Api { server: &server };
+    let listed = pulls(&api).await;
+    let lobby = listed
+        .iter()
+        .find(|p| p["name"] == "lobby")
+        .expect("declared");
+    assert_eq!(
+        (lobby["on_demand"].as_bool(), lobby["state"].as_str()),
+        (Some(true), Some("idle")),
+        "{lobby}"
+    );
+    let (body, _) = capture(
+        open_watch(&server.url("lobby")).await,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        decode(&body).video_frames > 0,
+        "its first viewer started it"
+    );
     let webm = media(Media::WebmVp8Vorbis);
 
     assert_eq!(push(&url, webm.clone(), false).await.status, 401, "no key");
