@@ -74,9 +74,9 @@ impl TrackOut {
         TrackInputHandle(self.appsrc.clone())
     }
 
-    /// Asks the encoder for a keyframe now, so a switch is also a join point.
+    /// Asks the encoder for a keyframe at the next picture pushed, so a switch is also a join point.
     pub fn force_keyframe(&self) {
-        force_keyframe(self.encoder.as_ref());
+        force_keyframe(&self.appsrc, self.encoder.as_ref());
     }
 }
 
@@ -105,17 +105,19 @@ impl Reencoder {
     }
 
     pub fn force_keyframe(&self) {
-        force_keyframe(self.encoder.as_ref());
+        force_keyframe(&self.appsrc, self.encoder.as_ref());
     }
 }
 
-/// Sends an upstream ForceKeyUnit to an encoder, so its next frame is a keyframe (a join point).
-fn force_keyframe(encoder: Option<&gst::Element>) {
-    if let Some(pad) = encoder.and_then(|e| e.static_pad("src")) {
-        let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+/// Makes the next picture pushed into `appsrc` a keyframe (a join point) of its encoder: a ForceKeyUnit event
+/// queued in-band after what the appsrc already holds. An upstream request to the encoder would hit whatever
+/// picture it takes next, which under load is one still queued from before the switch.
+fn force_keyframe(appsrc: &gst_app::AppSrc, encoder: Option<&gst::Element>) {
+    if encoder.is_some() {
+        let ev = gstreamer_video::DownstreamForceKeyUnitEvent::builder()
             .all_headers(true)
             .build();
-        pad.send_event(ev);
+        appsrc.send_event(ev);
     }
 }
 
