@@ -50,22 +50,91 @@ impl SourceShared {
     }
 }
 
+/// Where a source pipeline's tracks go, and who decides what becomes of them: the stream, in this process
+/// ([`SourcePipeline::start`]), or the daemon at the other end of a worker process's pipes.
+pub trait Target: Send + Sync + 'static {
+    /// The stream's name, for the log.
+    fn name(&self) -> &str;
+    /// A track was found: the stream's decision ([`Stream::offer_track`]).
+    fn offer_track(&self, kind: TrackKind, caps: &gst::Caps, passthrough: bool) -> Offer;
+    fn note_codecs(&self, codecs: Vec<String>);
+    fn tracks_complete(&self) -> Result<()>;
+    /// A decision error on a streaming thread (no decoder, refused by the stream).
+    fn failed(&self, e: Error);
+    /// One buffer of a track. An error stops the track's streaming thread (the source is gone, or stopping).
+    fn buffer(&self, kind: TrackKind, buffer: gst::Buffer) -> Result<(), gst::FlowError>;
+    /// The pipeline is stopping: wake a streaming thread that waits in here.
+    fn stop(&self) {}
+}
+
+/// The stream in this process: each buffer is mapped into stream time, paced, and handed to the stream.
+struct Local {
+    stream: Arc<Stream>,
+    id: u64,
+    pacer: Pacer,
+}
+
+impl Target for Local {
+    fn name(&self) -> &str {
+        &self.stream.name
+    }
+
+    fn offer_track(&self, kind: TrackKind, caps: &gst::Caps, passthrough: bool) -> Offer {
+        self.stream.offer_track(self.id, kind, caps, passthrough)
+    }
+
+    fn note_codecs(&self, codecs: Vec<String>) {
+        self.stream.note_codecs(self.id, codecs);
+    }
+
+    fn tracks_complete(&self) -> Result<()> {
+        self.stream.tracks_complete(self.id)
+    }
+
+    fn failed(&self, e: Error) {
+        self.stream.source_failed(self.id, e);
+    }
+
+    fn buffer(&self, kind: TrackKind, buffer: gst::Buffer) -> Result<(), gst::FlowError> {
+        match self.stream.stamp(self.id, kind, buffer) {
+            Stamp::Gone => Err(gst::FlowError::Eos),
+            Stamp::Skip => Ok(()),
+            Stamp::Deliver(buffer, pts) => {
+                if !self.pacer.pace(pts) {
+                    return Err(gst::FlowError::Flushing);
+                }
+                self.stream.deliver(self.id, kind, buffer, pts);
+                Ok(())
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.pacer.shutdown();
+    }
+}
+
 /// A running source pipeline; set to NULL on drop.
-#[derive(Debug)]
 pub struct SourcePipeline {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
-    pacer: Arc<Pacer>,
+    target: Arc<dyn Target>,
     pub shared: Arc<SourceShared>,
 }
 
+impl std::fmt::Debug for SourcePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourcePipeline")
+            .field("pipeline", &self.pipeline.name())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Builder {
-    id: u64,
-    stream: Arc<Stream>,
+    target: Arc<dyn Target>,
     templates: Arc<Templates>,
     pipeline: glib::WeakRef<gst::Pipeline>,
     matroska: bool,
-    pacer: Arc<Pacer>,
     shared: Arc<SourceShared>,
     taken: Mutex<(bool, bool)>,
     /// Where the raw video and audio tracks go (their conform bins' sinks), once linked: a later group of
@@ -84,7 +153,24 @@ impl SourcePipeline {
         pace: bool,
         limits: InputLimits,
     ) -> Result<SourcePipeline> {
-        let pipeline = gst::Pipeline::with_name(&format!("source-{}-{id}", stream.name));
+        let name = format!("source-{}-{id}", stream.name);
+        let target = Arc::new(Local {
+            stream,
+            id,
+            pacer: Pacer::new(pace),
+        });
+        Self::start_with(target, &name, input, templates, limits)
+    }
+
+    /// Builds and starts a source pipeline named `name` whose tracks go to `target`.
+    pub fn start_with(
+        target: Arc<dyn Target>,
+        name: &str,
+        input: &Detected,
+        templates: Arc<Templates>,
+        limits: InputLimits,
+    ) -> Result<SourcePipeline> {
+        let pipeline = gst::Pipeline::with_name(name);
         let appsrc = gst_app::AppSrc::builder()
             .name("src")
             .caps(&input.caps)
@@ -102,14 +188,11 @@ impl SourcePipeline {
         pipeline.add_many([appsrc.upcast_ref(), &front])?;
         appsrc.link(&front)?;
         let shared = Arc::new(SourceShared::default());
-        let pacer = Arc::new(Pacer::new(pace));
         let builder = Arc::new(Builder {
-            id,
-            stream: stream.clone(),
+            target: target.clone(),
             templates,
             pipeline: pipeline.downgrade(),
             matroska,
-            pacer: pacer.clone(),
             shared: shared.clone(),
             taken: Mutex::new((false, false)),
             inputs: Mutex::default(),
@@ -143,8 +226,8 @@ impl SourcePipeline {
         let b = builder.clone();
         front.connect_no_more_pads(move |el| {
             no_panic(el, "no-more-pads", (), || {
-                b.stream.note_codecs(b.id, b.shared.codecs().clone());
-                if let Err(e) = b.stream.tracks_complete(b.id) {
+                b.target.note_codecs(b.shared.codecs().clone());
+                if let Err(e) = b.target.tracks_complete() {
                     b.fail(e);
                 }
             })
@@ -163,7 +246,7 @@ impl SourcePipeline {
         Ok(SourcePipeline {
             pipeline,
             appsrc,
-            pacer,
+            target,
             shared,
         })
     }
@@ -196,7 +279,7 @@ impl SourcePipeline {
 impl Drop for SourcePipeline {
     fn drop(&mut self) {
         // Wake a streaming thread held by the pacer first, so going to NULL never waits on it.
-        self.pacer.shutdown();
+        self.target.stop();
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
@@ -259,10 +342,10 @@ impl Builder {
 
     /// Reports a decision error from a streaming thread: kept for the source task, posted as a pipeline error.
     fn fail(&self, e: Error) {
-        tracing::warn!(stream = %self.stream.name, source = self.id, "{}", e.message);
+        tracing::warn!(stream = %self.target.name(), "{}", e.message);
         let msg = e.message.clone();
         // At once, not when the source task reads the bus: a push answered in between would say 200.
-        self.stream.source_failed(self.id, e.clone());
+        self.target.failed(e.clone());
         self.shared
             .failure
             .lock()
@@ -325,12 +408,12 @@ impl Builder {
                 .flatten()
                 .filter(|t| !t.is_linked());
             if let Some(input) = free {
-                tracing::info!(stream = %self.stream.name, caps = %caps_name, "the input's next group continues the track");
+                tracing::info!(stream = %self.target.name(), caps = %caps_name, "the input's next group continues the track");
                 return pad.link(&input).map(|_| ()).map_err(|e| {
                     Error::unsupported(format!("cannot continue with the {caps_name} track: {e:?}"))
                 });
             }
-            tracing::info!(stream = %self.stream.name, caps = %caps_name, "ignoring extra or non-media track");
+            tracing::info!(stream = %self.target.name(), caps = %caps_name, "ignoring extra or non-media track");
             return self.discard(pad);
         }
         if !raw {
@@ -348,9 +431,9 @@ impl Builder {
             TrackKind::Audio
         };
         let passthrough = self.matroska && is_web_codec(&caps_name);
-        let target = match self.stream.offer_track(self.id, kind, &caps, passthrough) {
+        let target = match self.target.offer_track(kind, &caps, passthrough) {
             Offer::Discard(why) => {
-                tracing::info!(stream = %self.stream.name, caps = %caps_name, "track not used: {why}");
+                tracing::info!(stream = %self.target.name(), caps = %caps_name, "track not used: {why}");
                 return self.discard(pad);
             }
             Offer::Refuse(e) => {
@@ -360,7 +443,7 @@ impl Builder {
             Offer::Encoded => None,
             Offer::Raw(caps) => Some(caps),
         };
-        tracing::info!(stream = %self.stream.name, input = %caps_name, passthrough = target.is_none(), "linking track");
+        tracing::info!(stream = %self.target.name(), input = %caps_name, passthrough = target.is_none(), "linking track");
         let pipeline = self.pipeline()?;
         let sink = self.appsink(kind);
         pipeline.add(&sink)?;
@@ -415,11 +498,11 @@ impl Builder {
         Ok(())
     }
 
-    /// The end of a track: each buffer is mapped into stream time, paced, and handed to the stream.
+    /// The end of a track: each buffer goes to the target.
     fn appsink(&self, kind: TrackKind) -> gst::Element {
         let sink = gst_app::AppSink::builder().sync(false).build();
         sink.set_property("enable-last-sample", false);
-        let (stream, pacer, id) = (self.stream.clone(), self.pacer.clone(), self.id);
+        let target = self.target.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -428,17 +511,7 @@ impl Builder {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     drop(sample);
-                    match stream.stamp(id, kind, buffer) {
-                        Stamp::Gone => Err(gst::FlowError::Eos),
-                        Stamp::Skip => Ok(gst::FlowSuccess::Ok),
-                        Stamp::Deliver(buffer, pts) => {
-                            if !pacer.pace(pts) {
-                                return Err(gst::FlowError::Flushing);
-                            }
-                            stream.deliver(id, kind, buffer, pts);
-                            Ok(gst::FlowSuccess::Ok)
-                        }
-                    }
+                    target.buffer(kind, buffer).map(|()| gst::FlowSuccess::Ok)
                 })
                 .build(),
         );
