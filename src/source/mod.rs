@@ -17,7 +17,9 @@ pub mod pipeline;
 pub mod pull;
 pub mod pulls;
 pub mod push;
+pub mod sandbox;
 pub mod srt;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
