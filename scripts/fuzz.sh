@@ -14,7 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
-targets=(webm_scanner watch_head content_range names_and_keys token_state)
+targets=(webm_scanner watch_head content_range names_and_keys token_state worker_messages)
 corpus=fuzz/corpus
 for t in "${targets[@]}"; do mkdir -p "$corpus/$t"; done
 
@@ -37,6 +37,8 @@ printf 'srt://127.0.0.1:9000?mode=caller' > "$corpus/names_and_keys/url"
 printf '{"version":1,"sessions":[{"session_id":"cam1","origin":"native","inputs":["any"],"outputs":{"http":true,"rtp_udp":["127.0.0.1:5004"]},"expires_at":null,"created_at":"2026-11-27T10:00:00Z","push_key_sha256":"00","view_key_sha256":null}]}' \
   > "$corpus/token_state/one"
 
+printf '\x0a\x00\x00\x00\x42{"track":0,"kind":"video","caps":"video/x-vp8","passthrough":true}\x0d\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x10\x00' \
+  > "$corpus/worker_messages/track-consumed"
 echo "==> cargo +nightly fuzz build"
 cargo +nightly fuzz build -O 2>&1 | tail -n 2
 for t in "${targets[@]}"; do

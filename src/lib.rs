@@ -112,4 +112,14 @@ pub mod fuzzing {
     pub fn token_state(data: &[u8]) {
         let _ = crate::control::tokens::parse_state(data, std::path::Path::new("fuzz"));
     }
+
+    /// A worker's messages to the daemon, read one after another until the end or an error.
+    pub fn worker_messages(data: &[u8]) {
+        let mut r = data;
+        while let Ok(Some(m)) = crate::source::wire::FromWorker::read(&mut r) {
+            if let crate::source::wire::FromWorker::Frame(f) = m {
+                assert!(f.payload.len() <= crate::source::wire::MAX_MESSAGE);
+            }
+        }
+    }
 }
