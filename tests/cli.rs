@@ -342,6 +342,18 @@ async fn the_worst_accepted_input_transcodes_in_bounded_memory() {
 
 /// `transcast check-config` passes the example in the repository, and refuses a bad file with the key and its
 /// line, exiting 1.
+/// `transcast check-config FILE`: (exit code, stdout, stderr).
+fn check_config(file: &tempfile::NamedTempFile) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(file.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn check_config_passes_the_example_and_names_a_bad_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/transcast.example.toml");
@@ -368,17 +380,11 @@ fn check_config_passes_the_example_and_names_a_bad_key() {
         .map(|l| l.strip_prefix("# ").unwrap_or(l).trim_end_matches('#'))
         .map(|l| format!("{l}\n"))
         .collect();
-    let with_streams = write_temp(format!("{flags}{uncommented}").as_bytes());
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(with_streams.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (code, stdout, stderr) =
+        check_config(&write_temp(format!("{flags}{uncommented}").as_bytes()));
     assert!(
-        out.status.success() && stdout.contains("2 declared streams"),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+        code == Some(0) && stdout.contains("2 declared streams"),
+        "{stdout} {stderr}"
     );
     // A declared stream's bad value, unknown key, or a name declared twice: the line and the stream named.
     for (text, expected) in [
@@ -396,25 +402,13 @@ fn check_config_passes_the_example_and_names_a_bad_key() {
             "push-key must be at least 16 characters",
         ),
     ] {
-        let bad = write_temp(text.as_bytes());
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(bad.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, _, stderr) = check_config(&write_temp(text.as_bytes()));
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
     let bad = write_temp(b"listen = \"127.0.0.1:8080\"\nmax-clients = 100\nsegment-window = 1\n");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(bad.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = check_config(&bad);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(":3: key 'segment-window'"), "{stderr}");
     // Templates are part of the configuration: a directory that is not there, or a template that does not load.
     let dir = tempfile::tempdir().unwrap();
@@ -431,14 +425,8 @@ fn check_config_passes_the_example_and_names_a_bad_key() {
             "max-lag = 3\npipelines = {:?}\n",
             pipelines.display().to_string()
         );
-        let bad = write_temp(text.as_bytes());
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(bad.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, _, stderr) = check_config(&write_temp(text.as_bytes()));
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(why), "{why}: {stderr}");
     }
 }

@@ -126,17 +126,11 @@ async fn ffmpeg_and_srtsink_push_two_streams_through_one_port() {
 async fn srt_callers_are_refused_as_pushes_are() {
     let server = srt_server(|a| a.token_server = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let clip = ts_clip();
-    let created = client()
-        .post(format!("http://{}/api/v1/tokens", server.addr))
-        .header("content-type", "application/json")
-        .body(json!({"session_id": "cam", "inputs": ["mpegts"]}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let created: Value = serde_json::from_str(&created).unwrap();
+    let created = post_json(
+        &format!("http://{}/api/v1/tokens", server.addr),
+        json!({"session_id": "cam", "inputs": ["mpegts"]}),
+    )
+    .await;
     let key = created["push_key"]
         .as_str()
         .expect("a push key")

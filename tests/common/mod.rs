@@ -159,6 +159,21 @@ pub async fn get_text(url: &str) -> String {
         .unwrap()
 }
 
+/// POSTs JSON and reads the JSON answer (Null when it is not JSON).
+pub async fn post_json(url: &str, body: serde_json::Value) -> serde_json::Value {
+    let text = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
