@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use transcast::config::Fallback;
 
 /// `ffmpeg -re` sending a clip (as it is) over SRT to `name`; `key` goes into the streamid.
