@@ -32,6 +32,14 @@ enum Command {
         /// The TOML file (see transcast.example.toml).
         file: PathBuf,
     },
+    /// One source's pipeline in a process of its own (`--source-isolation on`): spawned by the daemon, which
+    /// speaks to it over stdin and stdout.
+    #[command(hide = true)]
+    Worker {
+        /// The stream it feeds (for `ps` and the log).
+        #[arg(long)]
+        stream: String,
+    },
     /// Print the gst-launch-1.0 line equivalent to the pipeline a push of FILE gets (and optionally run it).
     Pipeline {
         /// The input file.
@@ -98,6 +106,10 @@ fn main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             gstreamer::init().context("initialising GStreamer")?;
             serve(config, loaded)
+        }
+        Command::Worker { .. } => {
+            // Before anything starts a thread: the worker locks down its only one.
+            transcast::source::worker::worker_main().map_err(anyhow::Error::msg)
         }
         Command::CheckConfig { file } => {
             init_logging(LogFormat::Text);

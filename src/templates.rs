@@ -152,6 +152,42 @@ impl Templates {
         Ok(t)
     }
 
+    /// The filled texts of the parts a source pipeline uses (for a worker process), by file name.
+    pub fn source_texts(&self) -> Vec<(String, String)> {
+        [
+            Part::Decode,
+            Part::DemuxMatroska,
+            Part::VideoPassthrough,
+            Part::AudioPassthrough,
+        ]
+        .into_iter()
+        .map(|p| (p.file_name().to_string(), self.text(p).to_string()))
+        .collect()
+    }
+
+    /// Templates from filled texts by file name (a worker's, from [`Templates::source_texts`]); the parts not
+    /// given are the embedded ones, unfilled placeholders and all (a worker never builds them).
+    pub fn from_texts(texts: &[(String, String)]) -> Result<Templates> {
+        let mut all = Vec::new();
+        for part in Part::ALL {
+            let text = match texts.iter().find(|(name, _)| name == part.file_name()) {
+                Some((_, t)) => t.clone(),
+                None => strip_comments(part.embedded()),
+            };
+            all.push((part, text));
+        }
+        if let Some((name, _)) = texts
+            .iter()
+            .find(|(name, _)| !Part::ALL.iter().any(|p| p.file_name() == name))
+        {
+            return Err(Error::pipeline(format!("no template is called {name}")));
+        }
+        Ok(Templates {
+            texts: all,
+            encoders: (Part::VideoEncode, Part::AudioEncode),
+        })
+    }
+
     /// The part that encodes raw video (`video`) or audio in the codec the settings chose.
     pub fn encoder(&self, video: bool) -> Part {
         if video {

@@ -204,7 +204,23 @@ fn mutate(data: &Bytes, seed: u32, per: usize) -> Bytes {
 /// daemon, unpaced: each gets a JSON answer, and a stream watched meanwhile plays to its end undisturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_media_never_disturbs_another_stream() {
-    let server = Server::start(|_| {}).await;
+    mutated_media(false).await;
+}
+
+/// The same with each source in a worker process (`--source-isolation on`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_media_in_workers_never_disturbs_another_stream() {
+    mutated_media(true).await;
+}
+
+async fn mutated_media(isolated: bool) {
+    let server = Server::start(|a| {
+        if isolated {
+            a.source_isolation = transcast::config::Isolation::On;
+            a.worker_exe = Some(env!("CARGO_BIN_EXE_transcast").into());
+        }
+    })
+    .await;
     // A bystander whose upload trickles along with the mutations, so it is live through all of them.
     let clip = long_clip("webm");
     let (by_tx, by_push) = push_stream(&server.url("bystander"), None);

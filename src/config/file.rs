@@ -165,9 +165,9 @@ fn command() -> Command {
     ServeArgs::augment_args(Command::new("serve")).args_override_self(true)
 }
 
-/// Arguments that are not keys: help, and `--config` itself.
+/// Arguments that are not keys: help, `--config` itself, and hidden flags (for tests).
 fn is_internal(a: &clap::Arg) -> bool {
-    matches!(a.get_long(), Some("help" | "version" | "config"))
+    a.is_hide_set() || matches!(a.get_long(), Some("help" | "version" | "config"))
 }
 
 /// The file's keys a file may set, as `--help` lists them.
@@ -287,6 +287,12 @@ mod tests {
         ("video-codec", r#""vp9""#, &["--video-codec", "vp9"]),
         ("audio-codec", r#""opus""#, &["--audio-codec", "opus"]),
         ("audio-kbps", "64", &["--audio-kbps", "64"]),
+        ("source-isolation", r#""on""#, &["--source-isolation", "on"]),
+        (
+            "source-memory-limit",
+            "512",
+            &["--source-memory-limit", "512"],
+        ),
         ("max-gop-bytes", "1000000", &["--max-gop-bytes", "1000000"]),
         (
             "token-server",

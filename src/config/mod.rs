@@ -65,6 +65,17 @@ pub enum AudioCodec {
     Opus,
 }
 
+/// Where a source's bytes are demuxed and decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Isolation {
+    /// In the daemon's process.
+    #[default]
+    Off,
+    /// In a worker process of its own (`transcast worker`), locked down and limited: a crash or a blow-up in a
+    /// demuxer or decoder ends that source only.
+    On,
+}
+
 /// Which WebM writer a stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Muxer {
@@ -380,6 +391,21 @@ pub struct ServeArgs {
     /// Bounds the socket memory a client that stops reading can pin.
     #[arg(long, default_value_t = 0)]
     pub send_buffer: usize,
+
+    /// Where sources are demuxed and decoded: `off` (in the daemon) or `on` (each in a worker process of its
+    /// own, with no network, no file writes, no new processes and `--source-memory-limit`).
+    #[arg(long, value_enum, default_value_t = Isolation::Off)]
+    pub source_isolation: Isolation,
+
+    /// Address space of a source's worker process, MiB (`--source-isolation on`); past it the source fails and
+    /// its stream falls back.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    pub source_memory_limit: u64,
+
+    /// The binary workers run (`transcast worker`); default: this one. For tests that run the daemon inside
+    /// another program.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub worker_exe: Option<PathBuf>,
 }
 
 /// Transcode settings, shared by `serve` and `pipeline`.
@@ -515,10 +541,20 @@ pub struct Config {
     pub pull_start_timeout: Duration,
     pub pull_linger: Duration,
     pub input_limits: InputLimits,
+    /// `--source-isolation on`: how workers run; None: sources run in the daemon.
+    pub workers: Option<WorkerSettings>,
     /// `[[stream]]` tables of the config file.
     pub streams: Vec<streams::DeclaredStream>,
     /// The file and command line this came from, which a reload reads again.
     pub source: Option<ConfigSource>,
+}
+
+/// How a source's worker process runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSettings {
+    pub exe: PathBuf,
+    /// Address space limit, bytes.
+    pub memory: u64,
 }
 
 /// Where a configuration came from: a reload reads the file again, with the same command line over it.
@@ -741,6 +777,18 @@ impl Config {
                 max_pixels: a.max_input_pixels.max(16 * 16),
                 max_dimension: a.max_input_dimension.max(16),
                 max_fps: a.max_input_fps.max(1),
+            },
+            workers: match a.source_isolation {
+                Isolation::Off => None,
+                Isolation::On => Some(WorkerSettings {
+                    exe: match a.worker_exe {
+                        Some(p) => p,
+                        None => std::env::current_exe().map_err(|e| {
+                            format!("--source-isolation on: this binary's path: {e}")
+                        })?,
+                    },
+                    memory: a.source_memory_limit.clamp(64, 1 << 20) << 20,
+                }),
             },
             streams: Vec::new(),
             source: None,

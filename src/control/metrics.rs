@@ -174,6 +174,18 @@ impl Collector for StateCollector {
             "Frames dropped because a transcode fell behind real time",
             frames_dropped,
         )?;
+        counter(
+            &mut enc,
+            "transcast_source_workers_started",
+            "Source worker processes started (--source-isolation on)",
+            crate::source::worker::STARTED.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "transcast_source_worker_deaths",
+            "Source worker processes that died (a signal, an exit not asked for, a broken protocol); the log names the stream",
+            crate::source::worker::DIED.load(Relaxed),
+        )?;
         let mut outgoing = vec![
             (
                 "transcast_hook_events_sent",

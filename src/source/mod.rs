@@ -20,6 +20,7 @@ pub mod push;
 pub mod sandbox;
 pub mod srt;
 pub mod wire;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,73 @@ pub struct SourceContext {
     /// the stream shows its fallback meanwhile.
     pub end_falls_back: bool,
     pub limits: crate::config::InputLimits,
+    /// `--source-isolation on`: the source runs in a worker process.
+    pub workers: Option<crate::config::WorkerSettings>,
+}
+
+/// Where a source's pipeline runs: here, or in a worker process.
+#[derive(Debug)]
+enum Backend {
+    Local(SourcePipeline),
+    Worker(Arc<worker::WorkerPipeline>),
+}
+
+impl Backend {
+    fn start(
+        stream: &Arc<Stream>,
+        id: u64,
+        detected: &Detected,
+        ctx: &SourceContext,
+    ) -> Result<Backend, Error> {
+        Ok(match &ctx.workers {
+            None => Backend::Local(SourcePipeline::start(
+                stream.clone(),
+                id,
+                detected,
+                ctx.templates.clone(),
+                ctx.pace,
+                ctx.limits,
+            )?),
+            Some(w) => Backend::Worker(Arc::new(worker::WorkerPipeline::start(
+                stream.clone(),
+                id,
+                detected,
+                &ctx.templates,
+                ctx.pace,
+                ctx.limits,
+                w,
+            )?)),
+        })
+    }
+
+    fn queued_input(&self) -> Box<dyn Fn() -> u64 + Send + Sync + 'static> {
+        match self {
+            Backend::Local(p) => Box::new(p.queued_input()),
+            Backend::Worker(w) => Box::new(w.queued_input()),
+        }
+    }
+
+    fn end_of_stream(&self) {
+        match self {
+            Backend::Local(p) => p.end_of_stream(),
+            Backend::Worker(w) => w.end_of_stream(),
+        }
+    }
+
+    fn shared(&self) -> &pipeline::SourceShared {
+        match self {
+            Backend::Local(p) => &p.shared,
+            Backend::Worker(w) => &w.shared,
+        }
+    }
+
+    fn input_codecs(&self) -> Vec<String> {
+        self.shared()
+            .input_codecs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// How a source task ended.
@@ -105,15 +173,7 @@ pub async fn run(
             return;
         }
     };
-    let started = SourcePipeline::start(
-        stream.clone(),
-        feeder.id,
-        &detected,
-        ctx.templates.clone(),
-        ctx.pace,
-        ctx.limits,
-    )
-    .and_then(|p| {
+    let started = Backend::start(&stream, feeder.id, &detected, &ctx).and_then(|p| {
         stream.attach(
             feeder.id,
             feeder.clone(),
@@ -227,15 +287,41 @@ async fn typefind(
 async fn feed(
     stream: &Stream,
     feeder: &Feeder,
-    pipeline: &SourcePipeline,
+    pipeline: &Backend,
     rx: &mut mpsc::Receiver<Feed>,
     caps: &gst::Caps,
     head: Bytes,
     complete: bool,
     resume_grace: Duration,
 ) -> Outcome {
-    let mut bus = pipeline.bus().stream();
-    let mut sink = pipeline.input();
+    let (mut bus, mut sink, worker) = match pipeline {
+        Backend::Local(p) => (Some(p.bus().stream()), Some(p.input()), None),
+        Backend::Worker(w) => (None, None, Some(w.clone())),
+    };
+    // The next way the pipeline ends (a bus message, or the worker's word); pending while it has none.
+    async fn ended(
+        bus: &mut Option<gst::bus::BusStream>,
+        worker: &Option<Arc<worker::WorkerPipeline>>,
+        name: &str,
+    ) -> Outcome {
+        loop {
+            let outcome = match (bus.as_mut(), worker) {
+                (Some(bus), _) => source_event(bus.next().await, name),
+                (None, Some(w)) => Some(match w.event().await {
+                    Some(worker::WorkerEvent::Ended) => Outcome::Drained,
+                    Some(worker::WorkerEvent::Failed(path, message)) => {
+                        tracing::warn!(stream = name, element = %path, "source worker: {message}");
+                        Outcome::Failed(path, message)
+                    }
+                    None => Outcome::Failed("worker".into(), "the worker is gone".into()),
+                }),
+                (None, None) => std::future::pending().await,
+            };
+            if let Some(o) = outcome {
+                return o;
+            }
+        }
+    }
     let mut pending = Some(head);
     let mut grace: Option<Instant> = None;
     let mut draining: Option<Instant> = None;
@@ -252,17 +338,28 @@ async fn feed(
         if let Some(data) = pending.take() {
             // Wait for room in the appsrc with `poll_ready`, which is cancel-safe (a bus message may win the
             // race), then hand the buffer over synchronously: `SinkExt::send` would lose it when cancelled.
+            let ready = async {
+                match (sink.as_mut(), &worker) {
+                    (Some(sink), _) => std::future::poll_fn(|cx| sink.poll_ready_unpin(cx))
+                        .await
+                        .map_err(|_| ()),
+                    (None, Some(w)) => w.ready().await.then_some(()).ok_or(()),
+                    (None, None) => Err(()),
+                }
+            };
             tokio::select! {
-                r = std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)) => {
-                    if r.is_err() || sink.start_send_unpin(sample(data)).is_err() {
-                        // Flushing: the pipeline is stopping; its bus says why.
+                r = ready => {
+                    let sent = r.and_then(|()| match (sink.as_mut(), &worker) {
+                        (Some(sink), _) => sink.start_send_unpin(sample(data)).map_err(|_| ()),
+                        (None, Some(w)) => w.send(data).then_some(()).ok_or(()),
+                        (None, None) => Err(()),
+                    });
+                    if sent.is_err() {
+                        // Flushing: the pipeline is stopping; it says why.
                         draining.get_or_insert(Instant::now() + EOS_TIMEOUT);
                     }
                 }
-                msg = bus.next() => match source_event(msg, &stream.name) {
-                    Some(o) => return o,
-                    None => pending = Some(data),
-                },
+                o = ended(&mut bus, &worker, &stream.name) => return o,
                 _ = feeder.gone.cancelled() => return Outcome::Gone,
             }
             continue;
@@ -320,7 +417,7 @@ async fn feed(
                 tracing::warn!(stream = %stream.name, "source took all its input and did not end within {STUCK_AFTER:?}: its demuxer waits for data that will not come");
                 return Outcome::Drained;
             }
-            msg = bus.next() => if let Some(o) = source_event(msg, &stream.name) { return o },
+            o = ended(&mut bus, &worker, &stream.name) => return o,
             _ = feeder.gone.cancelled() => return Outcome::Gone,
         }
     }
@@ -330,7 +427,7 @@ async fn feed(
 fn finish(
     stream: &Arc<Stream>,
     feeder: &Feeder,
-    pipeline: &SourcePipeline,
+    pipeline: &Backend,
     outcome: Outcome,
     end_falls_back: bool,
 ) {
@@ -357,7 +454,7 @@ fn finish(
             if started {
                 tracing::warn!(stream = %stream.name, element = %path, "source ended by an input error: {message}");
             } else {
-                let e = pipeline::early_error(&pipeline.shared, &path, &message);
+                let e = pipeline::early_error(pipeline.shared(), &path, &message);
                 feeder.status.send_modify(|s| {
                     s.failed.get_or_insert(e);
                 });

@@ -68,10 +68,21 @@ pub trait Target: Send + Sync + 'static {
 }
 
 /// The stream in this process: each buffer is mapped into stream time, paced, and handed to the stream.
-struct Local {
+#[derive(Debug)]
+pub(crate) struct Local {
     stream: Arc<Stream>,
     id: u64,
     pacer: Pacer,
+}
+
+impl Local {
+    pub(crate) fn new(stream: Arc<Stream>, id: u64, pace: bool) -> Local {
+        Local {
+            stream,
+            id,
+            pacer: Pacer::new(pace),
+        }
+    }
 }
 
 impl Target for Local {
@@ -154,32 +165,30 @@ impl SourcePipeline {
         limits: InputLimits,
     ) -> Result<SourcePipeline> {
         let name = format!("source-{}-{id}", stream.name);
-        let target = Arc::new(Local {
-            stream,
-            id,
-            pacer: Pacer::new(pace),
-        });
-        Self::start_with(target, &name, input, templates, limits)
+        let target = Arc::new(Local::new(stream, id, pace));
+        let matroska = input.container.is_matroska();
+        Self::start_with(target, &name, &input.caps, matroska, templates, limits)
     }
 
-    /// Builds and starts a source pipeline named `name` whose tracks go to `target`.
+    /// Builds and starts a source pipeline named `name` for input in `caps` (`matroska`: WebM/Matroska, whose
+    /// web codecs may pass through), whose tracks go to `target`.
     pub fn start_with(
         target: Arc<dyn Target>,
         name: &str,
-        input: &Detected,
+        caps: &gst::Caps,
+        matroska: bool,
         templates: Arc<Templates>,
         limits: InputLimits,
     ) -> Result<SourcePipeline> {
         let pipeline = gst::Pipeline::with_name(name);
         let appsrc = gst_app::AppSrc::builder()
             .name("src")
-            .caps(&input.caps)
+            .caps(caps)
             .format(gst::Format::Bytes)
             .stream_type(gst_app::AppStreamType::Stream)
             .max_bytes(APPSRC_MAX_BYTES)
             .block(false)
             .build();
-        let matroska = input.container.is_matroska();
         let front = templates.element(if matroska {
             Part::DemuxMatroska
         } else {
@@ -263,6 +272,15 @@ impl SourcePipeline {
 
     pub fn end_of_stream(&self) {
         let _ = self.appsrc.end_of_stream();
+    }
+
+    /// Hands input bytes over without waiting (a worker: the daemon keeps what is in flight bounded).
+    pub fn push_input(&self, data: bytes::Bytes) {
+        let _ = self.appsrc.push_buffer(gst::Buffer::from_slice(data));
+    }
+
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
     }
 
     /// Input bytes waiting in the appsrc (0: the demuxer has taken everything it was given).

@@ -307,6 +307,7 @@ async fn attempt(app: &Arc<AppState>, pull: &Arc<Pull>, url: &str) -> Attempt {
             url: Some(url.to_string()),
             end_falls_back: pull.kind == PullKind::Relay,
             limits: app.config().input_limits,
+            workers: app.config().workers.clone(),
         },
     ));
     pull.status.send_modify(|s| {

@@ -268,6 +268,7 @@ pub(crate) fn start_source(
             end_falls_back: url.is_some(),
             url,
             limits: cfg.input_limits,
+            workers: cfg.workers.clone(),
         },
     ));
     Ok((stream, feeder))

@@ -30,8 +30,9 @@ use seccompiler::{
 pub struct Limits {
     /// Address space, bytes (`RLIMIT_AS`).
     pub memory: u64,
-    /// CPU time, seconds (`RLIMIT_CPU`: SIGXCPU at the soft limit, SIGKILL a second later).
-    pub cpu_seconds: u64,
+    /// CPU time, seconds (`RLIMIT_CPU`: SIGXCPU at the soft limit, SIGKILL a second later); None: no limit (a
+    /// live source may run for days).
+    pub cpu_seconds: Option<u64>,
 }
 
 /// Sets the calling process's resource limits (soft and hard: they cannot be raised again).
@@ -47,15 +48,17 @@ pub fn limit(l: Limits) -> Result<(), String> {
         .map_err(|e| format!("setting the {what} limit: {e}"))
     };
     set(Resource::As, l.memory, "address space")?;
-    // A second between the soft limit's SIGXCPU and the hard limit's SIGKILL.
-    setrlimit(
-        Resource::Cpu,
-        Rlimit {
-            current: Some(l.cpu_seconds),
-            maximum: Some(l.cpu_seconds + 1),
-        },
-    )
-    .map_err(|e| format!("setting the CPU time limit: {e}"))?;
+    if let Some(cpu) = l.cpu_seconds {
+        // A second between the soft limit's SIGXCPU and the hard limit's SIGKILL.
+        setrlimit(
+            Resource::Cpu,
+            Rlimit {
+                current: Some(cpu),
+                maximum: Some(cpu + 1),
+            },
+        )
+        .map_err(|e| format!("setting the CPU time limit: {e}"))?;
+    }
     set(Resource::Fsize, 0, "file size")?;
     set(Resource::Core, 0, "core dump")
 }

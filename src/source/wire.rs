@@ -36,6 +36,7 @@ const CONSUMED: u8 = 13;
 const FRAME: u8 = 14;
 const FAILED: u8 = 15;
 const ENDED: u8 = 16;
+const PIPELINE_ERROR: u8 = 17;
 
 /// What a worker needs to start: the input's caps and container, the templates' texts, the input limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Hello {
     pub max_pixels: u64,
     pub max_dimension: u32,
     pub max_fps: u32,
+    /// The worker's address-space limit, bytes.
+    pub memory: u64,
 }
 
 /// The stream's decision on a track the worker found.
@@ -111,8 +114,10 @@ pub enum FromWorker {
     /// Input bytes the pipeline has taken so far.
     Consumed(u64),
     Frame(Frame),
-    /// The source failed: (error code, message), as the pipeline reported it.
+    /// A decision error (no decoder, a limit, the stream's refusal): (error code, message).
     Failed(String, String),
+    /// The worker's pipeline failed: (element path, message).
+    PipelineError(String, String),
     /// Every track played out.
     Ended,
 }
@@ -219,6 +224,18 @@ impl ToWorker {
     }
 }
 
+/// Writes a frame whose payload is `payload` (`f.payload` is not read): a buffer's mapped memory goes out
+/// without a copy.
+pub fn write_frame(w: &mut impl Write, f: &Frame, payload: &[u8]) -> io::Result<()> {
+    let mut head = [0u8; 26];
+    head[0] = f.track;
+    head[1] = u8::from(f.delta);
+    for (i, v) in [f.pts, f.dts, f.duration].into_iter().enumerate() {
+        head[2 + 8 * i..10 + 8 * i].copy_from_slice(&v.unwrap_or(NONE).to_be_bytes());
+    }
+    put(w, FRAME, &[&head, payload])
+}
+
 impl FromWorker {
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
         match self {
@@ -240,16 +257,9 @@ impl FromWorker {
             FromWorker::Codecs(c) => json(w, CODECS, c),
             FromWorker::TracksComplete => put(w, TRACKS_COMPLETE, &[]),
             FromWorker::Consumed(n) => put(w, CONSUMED, &[&n.to_be_bytes()]),
-            FromWorker::Frame(f) => {
-                let mut head = [0u8; 26];
-                head[0] = f.track;
-                head[1] = u8::from(f.delta);
-                for (i, v) in [f.pts, f.dts, f.duration].into_iter().enumerate() {
-                    head[2 + 8 * i..10 + 8 * i].copy_from_slice(&v.unwrap_or(NONE).to_be_bytes());
-                }
-                put(w, FRAME, &[&head, &f.payload])
-            }
+            FromWorker::Frame(f) => write_frame(w, f, &f.payload),
             FromWorker::Failed(code, message) => json(w, FAILED, &(code, message)),
+            FromWorker::PipelineError(path, message) => json(w, PIPELINE_ERROR, &(path, message)),
             FromWorker::Ended => put(w, ENDED, &[]),
         }
     }
@@ -296,10 +306,13 @@ impl FromWorker {
                     payload: body.split_off(26),
                 })
             }
-            FAILED => {
-                let (code, message): (String, String) =
-                    serde_json::from_slice(&body).map_err(bad_json)?;
-                FromWorker::Failed(code, message)
+            FAILED | PIPELINE_ERROR => {
+                let (a, b): (String, String) = serde_json::from_slice(&body).map_err(bad_json)?;
+                if kind == FAILED {
+                    FromWorker::Failed(a, b)
+                } else {
+                    FromWorker::PipelineError(a, b)
+                }
             }
             ENDED => FromWorker::Ended,
             other => return Err(bad(format!("unknown message type {other}"))),
@@ -341,6 +354,7 @@ mod tests {
             max_pixels: 1920 * 1088,
             max_dimension: 4096,
             max_fps: 60,
+            memory: 1 << 30,
         }));
         both_ways_to_worker(ToWorker::Data(Bytes::from_static(b"\x47\x40\x00")));
         both_ways_to_worker(ToWorker::InputEnd);
@@ -374,6 +388,10 @@ mod tests {
         both_ways_from_worker(FromWorker::Failed(
             "unsupported_media".into(),
             "no decoder".into(),
+        ));
+        both_ways_from_worker(FromWorker::PipelineError(
+            "/GstPipeline:w/GstDecodeBin:d".into(),
+            "corrupt".into(),
         ));
         both_ways_from_worker(FromWorker::Ended);
     }
