@@ -14,7 +14,10 @@
 //!   continuation pieces, the push summary); `source::pull` reads a URL instead (`--pull`, the API, an edge's
 //!   on-demand pulls of its origin), with retries and backoff, and `source::pulls` is what is pulled and how it
 //!   is doing; the source task typefinds (`source::detect`) and
-//!   owns `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps.
+//!   owns `source::pipeline`, which demuxes/decodes one source and converts it to its stream's caps and hands
+//!   its tracks to a `Target`: the stream here, or (`--source-isolation on`) the daemon across a worker
+//!   process's pipes: `source::worker` (the `transcast worker` process, and the daemon's handle on it),
+//!   `source::wire` (what they say), `source::sandbox` (what a worker takes away from itself).
 //! - [`stream`]: a stream's life (state, the switch between sources and the fallback, linger, end);
 //!   `stream::output` its own pipeline (per-track appsrc → encoder or passthrough → writer, RTP tap);
 //!   `stream::slate` the fallback picture and silence; `stream::pacing` holds input to real time;

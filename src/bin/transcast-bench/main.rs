@@ -539,6 +539,18 @@ fn proc_cpu_secs(pid: &str) -> f64 {
     ticks / clk_tck()
 }
 
+/// CPU seconds of a process and its children (a daemon and its source workers).
+fn tree_cpu_secs(pid: &str) -> f64 {
+    let mut children = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            children.extend(list.split_whitespace().map(str::to_string));
+        }
+    }
+    proc_cpu_secs(pid) + children.iter().map(|c| proc_cpu_secs(c)).sum::<f64>()
+}
+
 fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -1093,12 +1105,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         ramp_took.as_secs_f64() < ramp_s as f64 + RAMP_SLACK_S as f64 / 2.0,
         "the ramp took {ramp_took:?}, planned {ramp_s} s: the pushed media would end before the measurement does"
     );
-    // Measure with everyone connected.
-    let cpu0 = proc_cpu_secs(&pid);
+    // Measure with everyone connected. The server's CPU includes its source workers' (--source-isolation on),
+    // which live as long as their sources.
+    let cpu0 = tree_cpu_secs(&pid);
     let m0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let measured = m0.elapsed();
-    let server_cpu = proc_cpu_secs(&pid) - cpu0;
+    let server_cpu = tree_cpu_secs(&pid) - cpu0;
     let rss_loaded = proc_rss_kib(&pid);
     let tcp_mem = tcp_mem_pages();
     // What the origin sees: one relay per edge that pulls from it, and its own viewers.
