@@ -245,3 +245,39 @@ async fn a_pull_runs_in_a_worker() {
     let d = decode(&body);
     assert!(d.video_frames > 30, "{} pictures in 3 s", d.video_frames);
 }
+
+/// A worker that stops answering (here stopped with SIGSTOP; a deadlock looks the same) is ended after
+/// `--source-timeout` of silence, and its stream falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_is_ended() {
+    let server = Server::start(|a| {
+        isolated(a);
+        a.pace = true;
+        a.fallback = Fallback::Slate;
+        a.source_timeout = 2.0;
+    })
+    .await;
+    let push = losable_push(&server, "hung", long_clip("webm")).await;
+    wait_state(&server, "hung", "live", Duration::from_secs(10)).await;
+    let pids = workers_of("hung");
+    assert_eq!(pids.len(), 1);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pids[0].to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let s = wait_state(&server, "hung", "fallback", Duration::from_secs(8)).await;
+    assert_eq!(s["failovers"], 1, "{s}");
+    // The stopped worker was killed, not left behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while workers_of("hung").contains(&pids[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung worker is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    push.abort();
+}

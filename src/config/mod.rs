@@ -555,6 +555,8 @@ pub struct WorkerSettings {
     pub exe: PathBuf,
     /// Address space limit, bytes.
     pub memory: u64,
+    /// A worker that says nothing this long (it sends a heartbeat every second) is hung: `--source-timeout`.
+    pub hang_after: Duration,
 }
 
 /// Where a configuration came from: a reload reads the file again, with the same command line over it.
@@ -788,6 +790,7 @@ impl Config {
                         })?,
                     },
                     memory: a.source_memory_limit.clamp(64, 1 << 20) << 20,
+                    hang_after: secs("source-timeout", a.source_timeout)?,
                 }),
             },
             streams: Vec::new(),

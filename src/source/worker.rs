@@ -46,6 +46,8 @@ pub const INPUT_WINDOW: u64 = 512 << 10;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the daemon looks whether a worker is still alive.
 const EXIT_POLL: Duration = Duration::from_millis(50);
+/// A worker says how much input it has taken at least this often, even when nothing changed.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a worker says how much input its pipeline has taken.
 const CONSUMED_EVERY: Duration = Duration::from_millis(20);
 
@@ -270,13 +272,16 @@ pub fn worker_main() -> std::result::Result<(), String> {
     let bus = pipeline.pipeline().bus().expect("a pipeline has a bus");
     let queued = pipeline.queued_input();
     let mut told = 0;
+    let mut last_told = std::time::Instant::now();
     loop {
         let msg = bus.timed_pop(gst::ClockTime::from_nseconds(
             CONSUMED_EVERY.as_nanos() as u64
         ));
         let consumed = received.load(Ordering::Relaxed).saturating_sub(queued());
-        if consumed != told {
+        // Said when it changes, and at least every HEARTBEAT: the daemon takes a silent worker for a hung one.
+        if consumed != told || last_told.elapsed() >= HEARTBEAT {
             told = consumed;
+            last_told = std::time::Instant::now();
             let _ = out.send(&FromWorker::Consumed(consumed));
         }
         let Some(msg) = msg else { continue };
@@ -392,7 +397,14 @@ impl WorkerPipeline {
         let local = Arc::new(Local::new(stream.clone(), id, pace));
         // A worker that dies is known at once, not when the reader has worked through what it had sent.
         let killed = Arc::new(AtomicBool::new(false));
-        let (watched, died, ours) = (child.clone(), events_tx.clone(), killed.clone());
+        let health = Arc::new(Health::default());
+        let (watched, died, ours, heard) = (
+            child.clone(),
+            events_tx.clone(),
+            killed.clone(),
+            health.clone(),
+        );
+        let hang_after = settings.hang_after;
         let name = stream.name.clone();
         std::thread::Builder::new()
             .name(format!("worker-wait-{pid}"))
@@ -400,6 +412,18 @@ impl WorkerPipeline {
                 loop {
                     let status = watched.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
                     match status {
+                        Ok(None) if heard.silent_for() > hang_after => {
+                            // Alive but silent (stopped, deadlocked) while the daemon was listening.
+                            ours.store(true, Ordering::Relaxed);
+                            let _ = watched.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                            DIED.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(stream = %name, pid, "source worker said nothing for {hang_after:?}: killed");
+                            let _ = died.send(WorkerEvent::Failed(
+                                "worker".into(),
+                                format!("the source's worker process stopped answering for {hang_after:?}"),
+                            ));
+                            return;
+                        }
                         Ok(None) => std::thread::sleep(EXIT_POLL),
                         // Ended by the daemon (its source is done with): not a death.
                         Ok(Some(s)) if s.success() || ours.load(Ordering::Relaxed) => return,
@@ -428,6 +452,7 @@ impl WorkerPipeline {
             shared: shared.clone(),
             child: child.clone(),
             killed: killed.clone(),
+            health,
             tracks: HashMap::new(),
         };
         std::thread::Builder::new()
@@ -529,6 +554,41 @@ fn write_to_worker(mut rx: mpsc::Receiver<ToWorker>, stdin: std::process::ChildS
     }
 }
 
+/// When the daemon last heard from a worker, and whether its reader is busy with something else.
+#[derive(Debug)]
+struct Health {
+    since: std::time::Instant,
+    /// Milliseconds after `since` of the last message.
+    last: AtomicU64,
+    busy: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            since: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    fn heard(&self) {
+        self.last
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the worker has said nothing while the daemon was ready to hear it.
+    fn silent_for(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let now = self.since.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
 /// Reads what a worker says and does it in the daemon: the stream's decisions, stamped and paced frames.
 struct Reader {
     stream: Arc<Stream>,
@@ -540,6 +600,7 @@ struct Reader {
     shared: Arc<SourceShared>,
     child: Arc<Mutex<std::process::Child>>,
     killed: Arc<AtomicBool>,
+    health: Arc<Health>,
     /// Tracks the stream took: kind, and for raw media the caps every frame must fill exactly.
     tracks: HashMap<u8, (TrackKind, Option<gst::Caps>)>,
 }
@@ -548,7 +609,9 @@ impl Reader {
     fn run(mut self, stdout: std::process::ChildStdout) {
         let mut r = BufReader::with_capacity(256 << 10, stdout);
         let ended = loop {
-            match FromWorker::read(&mut r) {
+            let read = FromWorker::read(&mut r);
+            self.health.heard();
+            match read {
                 Ok(Some(m)) => match self.handle(m) {
                     Ok(None) => {}
                     Ok(Some(ended)) => break Some(ended),
@@ -652,7 +715,12 @@ impl Reader {
                         b.set_flags(gst::BufferFlags::DELTA_UNIT);
                     }
                 }
-                if self.local.buffer(kind, buffer).is_err() {
+                // Stamping, pacing and delivering may hold this thread: the worker is not to blame for the wait.
+                self.health.busy.store(true, Ordering::Relaxed);
+                let delivered = self.local.buffer(kind, buffer);
+                self.health.heard();
+                self.health.busy.store(false, Ordering::Relaxed);
+                if delivered.is_err() {
                     // The source is off air or stopping: nothing more of it is wanted.
                     return Ok(Some(WorkerEvent::Ended));
                 }
