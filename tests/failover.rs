@@ -128,14 +128,7 @@ async fn killed_ffmpeg_source_falls_back_and_resumes_in_one_response() {
     let on_slate = wait_state(&server, "cam1", "fallback", Duration::from_secs(1)).await;
     assert_eq!(on_slate["failovers"], 1, "{on_slate}");
     assert!(on_slate["source"].is_null(), "{on_slate}");
-    let page = client()
-        .get(format!("http://{}/", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&format!("http://{}/", server.addr)).await;
     assert!(
         page.contains("on its fallback, waiting for its source · failovers: 1"),
         "the status page shows the stream on its fallback"

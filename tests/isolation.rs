@@ -35,6 +35,15 @@ fn workers_of(name: &str) -> Vec<u32> {
     pids
 }
 
+/// `kill -SIG PID`.
+fn signal(pid: u32, sig: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig} {pid}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_container_plays_through_a_worker() {
     let server = Server::start(isolated).await;
@@ -121,13 +130,7 @@ async fn a_crashed_worker_ends_its_source_only() {
         "{address_space}"
     );
 
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-ABRT", &pids[0].to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pids[0], "ABRT");
     let a = wait_state(&server, "a", "fallback", Duration::from_secs(5)).await;
     assert_eq!(a["failovers"], 1, "{a}");
     let metrics = get_text(&format!("http://{}/metrics", server.addr)).await;
@@ -261,13 +264,7 @@ async fn a_worker_that_stops_answering_is_ended() {
     wait_state(&server, "hung", "live", Duration::from_secs(10)).await;
     let pids = workers_of("hung");
     assert_eq!(pids.len(), 1);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pids[0].to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pids[0], "STOP");
     let s = wait_state(&server, "hung", "fallback", Duration::from_secs(8)).await;
     assert_eq!(s["failovers"], 1, "{s}");
     // The stopped worker was killed, not left behind.

@@ -287,18 +287,12 @@ async fn receivers_decode_transcoded_and_passthrough_streams_and_see_bye() {
                 && sdp.contains("OPUS/48000"),
             "{sdp}"
         );
-        let sdp_for_gst = client()
-            .get(format!(
-                "http://{}/api/v1/streams/{name}/sdp?target={}",
-                server.addr,
-                target(sdp_base)
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let sdp_for_gst = get_text(&format!(
+            "http://{}/api/v1/streams/{name}/sdp?target={}",
+            server.addr,
+            target(sdp_base)
+        ))
+        .await;
         let gst_sdp = tokio::task::spawn_blocking(move || gst_sdp_frames(&sdp_for_gst, 3));
         let ff = tokio::task::spawn_blocking(move || ffmpeg_frames(&sdp, 3))
             .await
