@@ -207,12 +207,8 @@ async fn mutated_media_never_disturbs_another_stream() {
     mutated_media(false).await;
 }
 
-/// The same with each source in a worker process (`--source-isolation on`). Ignored in CI for now: about one run
-/// in six on a loaded machine, one mutated MPEG-TS source through a worker does not end within 10 s of its push's
-/// answer (issue 18, open: a source whose worker neither ends nor is seen as stuck). `cargo test --test hostile --
-/// --ignored` runs it.
+/// The same with each source in a worker process (`--source-isolation on`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
 async fn mutated_media_in_workers_never_disturbs_another_stream() {
     mutated_media(true).await;
 }

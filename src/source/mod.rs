@@ -391,7 +391,13 @@ async fn feed(
             let mut since: Option<Instant> = None;
             loop {
                 tokio::time::sleep(STUCK_CHECK).await;
-                if !feeder.starved() {
+                // A worker whose pipeline has not moved (no input taken, no frame delivered) is as stuck as one
+                // that has taken everything: its pipeline may be held by a stream that takes no more.
+                let stalled = feeder.starved()
+                    || worker
+                        .as_ref()
+                        .is_some_and(|w| w.since_progress() >= STUCK_CHECK);
+                if !stalled {
                     since = None;
                 } else if since.get_or_insert_with(Instant::now).elapsed() >= STUCK_AFTER {
                     return;

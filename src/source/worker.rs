@@ -326,6 +326,7 @@ pub struct WorkerPipeline {
     local: Arc<Local>,
     /// Set when the daemon kills the worker itself.
     killed: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 impl WorkerPipeline {
@@ -404,6 +405,7 @@ impl WorkerPipeline {
             killed.clone(),
             health.clone(),
         );
+        let progress = health.clone();
         let hang_after = settings.hang_after;
         let name = stream.name.clone();
         std::thread::Builder::new()
@@ -472,6 +474,7 @@ impl WorkerPipeline {
             shared,
             local,
             killed,
+            health: progress,
         })
     }
 
@@ -530,6 +533,11 @@ impl WorkerPipeline {
         move || me.upgrade().map_or(0, |w| w.queued())
     }
 
+    /// How long since the worker last took input or had a frame delivered.
+    pub fn since_progress(&self) -> Duration {
+        self.health.since_progress()
+    }
+
     /// The next way the source ends; None once no more can come.
     pub async fn event(&self) -> Option<WorkerEvent> {
         self.events.lock().await.recv().await
@@ -560,6 +568,8 @@ struct Health {
     since: std::time::Instant,
     /// Milliseconds after `since` of the last message.
     last: AtomicU64,
+    /// ... and of the last progress: input taken, or a frame delivered.
+    progress: AtomicU64,
     busy: AtomicBool,
 }
 
@@ -568,15 +578,30 @@ impl Default for Health {
         Health {
             since: std::time::Instant::now(),
             last: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             busy: AtomicBool::new(false),
         }
     }
 }
 
 impl Health {
+    fn now_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
     fn heard(&self) {
-        self.last
-            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn moved(&self) {
+        self.progress.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn since_progress(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.progress.load(Ordering::Relaxed)),
+        )
     }
 
     /// How long the worker has said nothing while the daemon was ready to hear it.
@@ -696,7 +721,11 @@ impl Reader {
                     return Ok(Some(WorkerEvent::Failed(String::new(), e.message)));
                 }
             }
-            FromWorker::Consumed(n) => self.consumed.store(n, Ordering::Relaxed),
+            FromWorker::Consumed(n) => {
+                if self.consumed.swap(n, Ordering::Relaxed) != n {
+                    self.health.moved();
+                }
+            }
             FromWorker::Frame(f) => {
                 let Some((kind, raw)) = self.tracks.get(&f.track) else {
                     return Err(format!("a frame of track {} it was not given", f.track));
@@ -719,6 +748,7 @@ impl Reader {
                 self.health.busy.store(true, Ordering::Relaxed);
                 let delivered = self.local.buffer(kind, buffer);
                 self.health.heard();
+                self.health.moved();
                 self.health.busy.store(false, Ordering::Relaxed);
                 if delivered.is_err() {
                     // The source is off air or stopping: nothing more of it is wanted.
