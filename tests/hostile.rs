@@ -368,9 +368,11 @@ async fn pushing_the_same_name_again_at_once_continues_the_stream() {
     assert_eq!(ebml_headers(&body), 1, "one response, one header");
     let d = decode(&body);
     // The second clip whole, and the first up to where the second replaced it (a source still playing out is
-    // replaced at once: an encoder that restarted has its newest picture on air).
+    // replaced at once: an encoder that restarted has its newest picture on air). How much of the first made it
+    // before the second took over depends on the machine's load (94 pictures once in a CI rehearsal, beside the
+    // workers' mutated-media run): what must hold is pictures of both in the one response.
     assert!(
-        d.video_frames > FRAMES + 10,
+        d.video_frames > FRAMES,
         "{} pictures of two clips",
         d.video_frames
     );
