@@ -51,10 +51,6 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a worker says how much input its pipeline has taken.
 const CONSUMED_EVERY: Duration = Duration::from_millis(20);
 
-fn kind_code(k: Kind) -> &'static str {
-    k.code()
-}
-
 fn kind_of(code: &str) -> Kind {
     [
         Kind::BadRequest,
@@ -152,10 +148,9 @@ impl Target for WireTarget {
     }
 
     fn failed(&self, e: Error) {
-        let _ = self.out.send(&FromWorker::Failed(
-            kind_code(e.kind).to_string(),
-            e.message,
-        ));
+        let _ = self
+            .out
+            .send(&FromWorker::Failed(e.kind.code().to_string(), e.message));
     }
 
     fn buffer(&self, kind: TrackKind, buffer: gst::Buffer) -> Result<(), gst::FlowError> {
@@ -627,7 +622,7 @@ struct Reader {
     killed: Arc<AtomicBool>,
     health: Arc<Health>,
     /// Tracks the stream took: kind, and for raw media the caps every frame must fill exactly.
-    tracks: HashMap<u8, (TrackKind, Option<gst::Caps>)>,
+    tracks: HashMap<u8, (TrackKind, Option<RawSize>)>,
 }
 
 impl Reader {
@@ -693,7 +688,8 @@ impl Reader {
                 };
                 let answer = match offer {
                     Offer::Raw(c) => {
-                        self.tracks.insert(track, (kind, Some(c.clone())));
+                        self.tracks
+                            .insert(track, (kind, Some(RawSize::of(kind, &c))));
                         Answer::Raw(c.to_string())
                     }
                     Offer::Encoded => {
@@ -701,7 +697,7 @@ impl Reader {
                         Answer::Encoded
                     }
                     Offer::Discard(why) => Answer::Discard(why),
-                    Offer::Refuse(e) => Answer::Refuse(kind_code(e.kind).into(), e.message),
+                    Offer::Refuse(e) => Answer::Refuse(e.kind.code().into(), e.message),
                 };
                 self.to_worker
                     .blocking_send(ToWorker::Answer { track, answer })
@@ -730,8 +726,8 @@ impl Reader {
                 let Some((kind, raw)) = self.tracks.get(&f.track) else {
                     return Err(format!("a frame of track {} it was not given", f.track));
                 };
-                if let Some(caps) = raw {
-                    check_raw_size(*kind, caps, f.payload.len())?;
+                if let Some(size) = raw {
+                    size.check(*kind, f.payload.len())?;
                 }
                 let kind = *kind;
                 let mut buffer = gst::Buffer::from_slice(f.payload);
@@ -778,28 +774,44 @@ impl Reader {
     }
 }
 
-/// A raw frame must be exactly one picture (or whole audio frames) of the caps the stream gave its track.
-fn check_raw_size(
-    kind: TrackKind,
-    caps: &gst::Caps,
-    len: usize,
-) -> std::result::Result<(), String> {
-    let ok = match kind {
-        TrackKind::Video => {
-            gstreamer_video::VideoInfo::from_caps(caps).is_ok_and(|i| i.size() == len)
+/// What a raw frame of a track must be: exactly one picture, or whole audio frames of at most a second (worked
+/// out once, from the caps the stream gave the track).
+#[derive(Debug, Clone, Copy)]
+enum RawSize {
+    Picture(usize),
+    /// Bytes per frame, and per second.
+    Audio(usize, usize),
+    /// Caps that say neither: no frame fits.
+    Unknown,
+}
+
+impl RawSize {
+    fn of(kind: TrackKind, caps: &gst::Caps) -> RawSize {
+        match kind {
+            TrackKind::Video => gstreamer_video::VideoInfo::from_caps(caps)
+                .map_or(RawSize::Unknown, |i| RawSize::Picture(i.size())),
+            _ => gstreamer_audio::AudioInfo::from_caps(caps)
+                .ok()
+                .filter(|i| i.bpf() > 0)
+                .map_or(RawSize::Unknown, |i| {
+                    RawSize::Audio(i.bpf() as usize, i.rate() as usize * i.bpf() as usize)
+                }),
         }
-        _ => gstreamer_audio::AudioInfo::from_caps(caps).is_ok_and(|i| {
-            i.bpf() > 0
-                && len.is_multiple_of(i.bpf() as usize)
-                && len <= i.rate() as usize * i.bpf() as usize
-        }),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "the worker sent a {kind:?} frame of {len} bytes, which its caps do not allow"
-        ))
+    }
+
+    fn check(self, kind: TrackKind, len: usize) -> std::result::Result<(), String> {
+        let ok = match self {
+            RawSize::Picture(size) => len == size,
+            RawSize::Audio(bpf, per_second) => len.is_multiple_of(bpf) && len <= per_second,
+            RawSize::Unknown => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "the worker sent a {kind:?} frame of {len} bytes, which its caps do not allow"
+            ))
+        }
     }
 }
 
