@@ -286,6 +286,15 @@ async fn source_that_disconnects_mid_stream_ends_clients_cleanly() {
         sock.write_all(b"\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // The viewer is subscribed before the cut (under load its first GET can come after half the clip is up).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stream_json(&server, "cut").await["clients"]["now"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the viewer never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(sock); // no terminating chunk: the source vanished
     let watched = watcher.await.unwrap();
     assert!(watched.body.starts_with(&EBML_MAGIC));
